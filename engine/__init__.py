@@ -1,0 +1,23 @@
+"""Forge's engine. `from engine import InferenceEngine, SamplingParams`.
+
+Heavy modules (torch) load on first use, so pure parts (scheduler, block manager, detokenizer)
+import cheaply in processes that never touch the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.messages import SamplingParams
+
+__all__ = ["InferenceEngine", "SamplingParams", "Completion"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "InferenceEngine":
+        from engine.inference_engine import InferenceEngine
+        return InferenceEngine
+    if name == "Completion":
+        from engine.completion import Completion
+        return Completion
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -1,0 +1,29 @@
+"""Device facts: which dtype a device runs natively."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bfloat16 matmuls run natively (and faster than float32)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bfloat16 on GPUs and on CPUs with native bf16, else float32."""
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cuda" or cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32

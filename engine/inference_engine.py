@@ -1,0 +1,187 @@
+"""The in-process Python API: load a model, generate, stream.
+
+    eng = InferenceEngine.from_pretrained()            # the embedded default model
+    out = eng.generate("Hello", SamplingParams(max_tokens=32, temperature=0.0))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from typing import Any, AsyncIterator, Sequence
+
+import torch
+
+import kernels
+from engine.block_manager import BlockManager
+from engine.completion import Completion
+from engine.detokenizer import IncrementalDetokenizer
+from engine.device import resolve_dtype
+from engine.engine_core import EngineCore, RequestDelta
+from engine.llama import Llama
+from engine.loaders import Checkpoint, open_checkpoint
+from engine.model_runner import ModelRunner
+from engine.sampler import Sampler
+from engine.scheduler import Scheduler
+from engine.tokenizer import Tokenizer
+from shared.config import EngineConfig
+from shared.messages import SamplingParams
+
+Prompt = str | list[int]
+logger = logging.getLogger("forge.engine")
+
+
+class InferenceEngine:
+    def __init__(self, core: EngineCore, tokenizer: Tokenizer | None, config: EngineConfig,
+                 description: str) -> None:
+        self.core = core
+        self.tokenizer = tokenizer  # None for random-weight models: prompts must be token ids
+        self.config = config
+        self.description = description
+        self.max_model_len = core.scheduler.max_model_len
+        self._rids = itertools.count()
+        self._lock = threading.Lock()  # one stepping caller at a time (generate vs. stream pump)
+        self._streams: dict[int, asyncio.Queue[RequestDelta]] = {}
+        self._pump: asyncio.Task | None = None
+
+    # --- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | None = None, device: str = "cpu", dtype: str = "auto",
+                        **options: Any) -> InferenceEngine:
+        """Load a HF directory, a .gguf file, or (None) the embedded default model. `options` are
+        EngineConfig fields (num_kv_blocks, max_num_seqs, ...); unknown names raise TypeError."""
+        config = EngineConfig(model=path, device=device, dtype=dtype, **options)
+        return cls.from_checkpoint(open_checkpoint(path), config)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, config: EngineConfig) -> InferenceEngine:
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        device = torch.device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        model_config = checkpoint.config
+        max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
+                            model_config.max_position_embeddings)
+        ops = kernels.load(config.kernels)
+        with torch.device("meta"):
+            model = Llama(model_config, ops, max_model_len)
+        model = model.to_empty(device=device).to(dtype)
+        model.reset_rope_cache(max_model_len)
+        model.load_weights(checkpoint.open_weights())
+        model.eval()
+        block_size = config.block_size
+        num_blocks = config.num_kv_blocks or max(
+            1, int(config.kv_cache_gib * 2**30) // ModelRunner.kv_bytes_per_block(model, block_size))
+        runner = ModelRunner(model, Sampler(ops, device), num_blocks, block_size)
+        block_manager = BlockManager(num_blocks, block_size, config.enable_prefix_caching)
+        scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
+        eos = set(model_config.eos_token_ids)
+        if checkpoint.tokenizer is not None and checkpoint.tokenizer.eos_token_id is not None:
+            eos.add(checkpoint.tokenizer.eos_token_id)
+        description = f"{checkpoint.description} as {str(dtype).removeprefix('torch.')} on {device}"
+        logger.info("loaded %s; KV cache %d blocks of %d tokens", description, num_blocks, block_size)
+        return cls(EngineCore(scheduler, runner, frozenset(eos)), checkpoint.tokenizer, config, description)
+
+    # --- text helpers ---------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                            tokenize: bool = False) -> str | list[int]:
+        """The prompt for `messages`: text, or (tokenize=True) ids encoded without extra special
+        tokens, since the template already writes them."""
+        text = self._require_tokenizer().apply_chat_template(messages, add_generation_prompt)
+        return self.tokenizer.encode(text, add_special_tokens=False) if tokenize else text
+
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self._require_tokenizer().encode(prompt)
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return list(prompt)
+        raise TypeError(f"a prompt is a str or a list of token ids, got {type(prompt).__name__}")
+
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer (random weights): pass token ids")
+        return self.tokenizer
+
+    # --- generation -----------------------------------------------------------------------------
+    def generate(self, prompts: Prompt | Sequence[Prompt], params: SamplingParams | None = None
+                 ) -> Completion | list[Completion]:
+        """Run every prompt through the same continuous-batching scheduler; blocks until all end."""
+        single = isinstance(prompts, str) or (isinstance(prompts, list) and prompts
+                                              and isinstance(prompts[0], int))
+        prompt_list = [prompts] if single else list(prompts)
+        params = params or SamplingParams()
+        encoded = [self.encode_prompt(p) for p in prompt_list]
+        for ids in encoded:
+            self._check_prompt_len(ids)
+        with self._lock:
+            rids = [next(self._rids) for _ in encoded]
+            for rid, ids in zip(rids, encoded):
+                self.core.add_request(rid, ids, params)
+            done = {}
+            while len(done) < len(rids):
+                for delta in self.core.step():
+                    if delta.finish_reason:
+                        done[delta.rid] = delta.request
+        completions = [self._completion(done[rid]) for rid in rids]
+        return completions[0] if single else completions
+
+    def _check_prompt_len(self, prompt_ids: list[int]) -> None:
+        if len(prompt_ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(prompt_ids)} tokens but the model's context is "
+                             f"{self.max_model_len} (max_model_len), including at least one new token")
+
+    def _completion(self, request: Any) -> Completion:
+        output_ids = request.output_ids
+        text = self.tokenizer.decode(output_ids) if self.tokenizer is not None else ""
+        return Completion(text=text, token_ids=output_ids, finish_reason=request.finish_reason.openai_name,
+                          num_prompt_tokens=request.prompt_len, num_cached_tokens=request.num_cached_tokens,
+                          logprobs=list(request.logprobs) if request.params.logprobs is not None else None,
+                          error=request.error)
+
+    async def generate_stream(self, prompt: Prompt, params: SamplingParams | None = None
+                              ) -> AsyncIterator[str]:
+        """Text deltas of one generation as they are produced. Concurrent streams share steps."""
+        prompt_ids = self.encode_prompt(prompt)
+        self._check_prompt_len(prompt_ids)
+        detokenizer = IncrementalDetokenizer(self._require_tokenizer())
+        queue: asyncio.Queue[RequestDelta] = asyncio.Queue()
+        with self._lock:
+            rid = next(self._rids)
+            self._streams[rid] = queue
+            self.core.add_request(rid, prompt_ids, params or SamplingParams())
+        self._ensure_pump()
+        try:
+            while True:
+                delta = await queue.get()
+                text = detokenizer.push(delta.new_token_ids)
+                if text:
+                    yield text
+                if delta.finish_reason:
+                    if delta.request.error:
+                        raise RuntimeError(delta.request.error)
+                    return
+        finally:
+            if self._streams.pop(rid, None) is not None:  # consumer left early: free its blocks
+                with self._lock:
+                    self.core.abort(rid)
+
+    def _ensure_pump(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+
+    async def _run_pump(self) -> None:
+        """Step the engine in a worker thread while streams are open, routing deltas to them."""
+        while self._streams:
+            deltas = await asyncio.to_thread(self._locked_step)
+            for delta in deltas:
+                queue = self._streams.get(delta.rid)
+                if queue is not None:
+                    if delta.finish_reason:
+                        del self._streams[delta.rid]
+                    queue.put_nowait(delta)
+
+    def _locked_step(self) -> list[RequestDelta]:
+        with self._lock:
+            return self.core.step() if self.core.has_work() else []

@@ -1,0 +1,166 @@
+"""The Llama-family forward pass over a flat, paged batch.
+
+Checkpoint layout never leaks in here: `load_weights` fuses q/k/v and gate/up as it copies them.
+Attention and KV writes go through `ops` (kernels.load), chosen once by the model runner.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from engine import rope
+from engine.forward_batch import ForwardBatch
+from engine.model_config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [num_tokens, hidden]
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, ops: types.ModuleType) -> None:
+        super().__init__()
+        self.ops = ops
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        self.scale = self.head_dim ** -0.5
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
+                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        num_tokens = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = rope.apply_rotary(q.view(num_tokens, self.num_heads, self.head_dim), cos, sin)  # [T, Hq, D]
+        k = rope.apply_rotary(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, D]
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        k_cache, v_cache = kv_cache
+        self.ops.store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
+        out = self.ops.paged_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
+                                       batch.query_start_loc, self.scale)  # [T, Hq, D]
+        return self.o_proj(out.reshape(num_tokens, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [num_tokens, hidden]
+        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)  # [T, I] each
+        return self.down_proj(nn.functional.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, ops: types.ModuleType) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
+                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, config: ModelConfig, ops: types.ModuleType, max_model_len: int) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, ops) for _ in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False)
+        self.reset_rope_cache(max_model_len)
+
+    def reset_rope_cache(self, max_model_len: int) -> None:
+        """(Re)compute the float32 cos/sin tables; call after moving or casting the model."""
+        config = self.config
+        device = self.embed_tokens.weight.device
+        inv_freq = rope.inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+        cos, sin = rope.cos_sin_cache(inv_freq, max_model_len)  # [max_model_len, head_dim] each
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+
+    def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Hidden states of the rows to sample: [num_sampled, hidden]."""
+        x = self.embed_tokens(batch.input_ids)  # [T, hidden]
+        cos = self.rope_cos[batch.positions].to(x.dtype)  # [T, head_dim]
+        sin = self.rope_sin[batch.positions].to(x.dtype)
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            x = layer(x, cos, sin, batch, kv_cache)
+        return self.norm(x[batch.logits_indices])
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[num_sampled, hidden] -> [num_sampled, vocab] float32."""
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return nn.functional.linear(hidden, weight).float()
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy Hugging Face-named tensors in, fusing q/k/v and gate/up; every parameter must be
+        filled exactly once, and unknown or mis-shaped tensors raise ValueError."""
+        params = dict(self.named_parameters())
+        filled: set[str] = set()
+        for hf_name, tensor in weights:
+            target, row = self._locate(hf_name)
+            if target is None:
+                continue
+            if target not in params:
+                raise ValueError(f"checkpoint tensor {hf_name!r} has no place in {self.config.architecture}")
+            param = params[target]
+            rows = param.data if row is None else param.data.narrow(0, row[0], row[1])
+            if tuple(rows.shape) != tuple(tensor.shape):
+                raise ValueError(f"checkpoint tensor {hf_name!r} has shape {tuple(tensor.shape)}, "
+                                 f"expected {tuple(rows.shape)}")
+            rows.copy_(tensor)
+            filled.add(hf_name.removeprefix("model."))
+        self._check_all_filled(params, filled)
+
+    def _locate(self, hf_name: str) -> tuple[str | None, tuple[int, int] | None]:
+        """Where a HF tensor goes: (parameter name, (first row, num rows) inside it or None)."""
+        name = hf_name.removeprefix("model.")
+        if "rotary_emb" in name:
+            return None, None  # derived, not loaded
+        if name == "lm_head.weight" and self.lm_head is None:
+            return None, None  # tied: the embedding serves as the head
+        attn = self.layers[0].self_attn if len(self.layers) else None
+        q, kv = (attn.q_size, attn.kv_size) if attn else (0, 0)
+        fused = {"q_proj": ("qkv_proj", 0, q), "k_proj": ("qkv_proj", q, kv), "v_proj": ("qkv_proj", q + kv, kv),
+                 "gate_proj": ("gate_up_proj", 0, self.config.intermediate_size),
+                 "up_proj": ("gate_up_proj", self.config.intermediate_size, self.config.intermediate_size)}
+        for part, (whole, start, size) in fused.items():
+            if f".{part}." in name:
+                return name.replace(part, whole), (start, size)
+        return name, None
+
+    def _check_all_filled(self, params: dict[str, nn.Parameter], filled: set[str]) -> None:
+        missing = []
+        for name in params:
+            if "qkv_proj" in name:
+                parts = [name.replace("qkv_proj", p) for p in ("q_proj", "k_proj", "v_proj")]
+            elif "gate_up_proj" in name:
+                parts = [name.replace("gate_up_proj", p) for p in ("gate_proj", "up_proj")]
+            else:
+                parts = [name]
+            missing += [p for p in parts if p not in filled]
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")

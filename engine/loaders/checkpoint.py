@@ -1,0 +1,25 @@
+"""What every loader returns: the architecture, the weights (lazily) and the tokenizer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator
+
+import torch
+
+from engine.model_config import ModelConfig
+from engine.tokenizer import Tokenizer
+
+WeightStream = Iterator[tuple[str, torch.Tensor]]  # Hugging Face tensor names
+
+
+class ModelLoadError(ValueError):
+    """A model path or file that cannot be loaded; the message names the file and the problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    config: ModelConfig
+    open_weights: Callable[[], WeightStream]  # called once, after the model is built
+    tokenizer: Tokenizer | None  # None: random weights, no vocabulary
+    description: str  # what was loaded, for the start-up log line

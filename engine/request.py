@@ -1,0 +1,73 @@
+"""A request's state inside the engine: its tokens, its progress, its KV blocks."""
+
+from __future__ import annotations
+
+import enum
+
+from shared.messages import FinishReason, SamplingParams, TokenLogprob
+
+
+class RequestStatus(enum.Enum):
+    WAITING = enum.auto()  # queued, or preempted and waiting to be recomputed
+    RUNNING = enum.auto()
+    FINISHED = enum.auto()
+
+
+class Request:
+    """One generation. `token_ids` is the prompt followed by the outputs so far; the engine
+    catches `num_computed_tokens` up to `num_tokens` and samples when the two meet."""
+
+    __slots__ = ("rid", "token_ids", "prompt_len", "params", "seed", "eos_token_ids", "status",
+                 "num_computed_tokens", "num_cached_tokens", "block_ids", "finish_reason", "error",
+                 "logprobs", "num_preemptions")
+
+    def __init__(self, rid: int, prompt_ids: list[int], params: SamplingParams, seed: int,
+                 eos_token_ids: frozenset[int]) -> None:
+        self.rid = rid
+        self.token_ids = list(prompt_ids)
+        self.prompt_len = len(prompt_ids)
+        self.params = params
+        self.seed = seed  # params.seed, or a random one drawn at admission
+        self.eos_token_ids = eos_token_ids
+        self.status = RequestStatus.WAITING
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admission
+        self.block_ids: list[int] = []
+        self.finish_reason = FinishReason.NONE
+        self.error: str | None = None  # set only when finish_reason is ERROR
+        self.logprobs: list[TokenLogprob] = []  # filled only when params.logprobs is set
+        self.num_preemptions = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len:]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is RequestStatus.FINISHED
+
+    def append_token(self, token_id: int) -> None:
+        self.token_ids.append(token_id)
+
+    def stop_reason_after(self, token_id: int, max_model_len: int) -> FinishReason:
+        """Why the request must stop now that `token_id` was appended (NONE: keep going)."""
+        params = self.params
+        if not params.ignore_eos and token_id in self.eos_token_ids:
+            return FinishReason.STOP
+        if token_id in params.stop_token_ids:
+            return FinishReason.STOP
+        if self.num_output_tokens >= params.max_tokens or self.num_tokens >= max_model_len:
+            return FinishReason.LENGTH
+        return FinishReason.NONE
+
+    def __repr__(self) -> str:
+        return (f"Request(rid={self.rid}, status={self.status.name}, num_tokens={self.num_tokens}, "
+                f"num_computed_tokens={self.num_computed_tokens}, blocks={self.block_ids})")

@@ -1,0 +1,97 @@
+"""Turns the sampling rows' logits and their requests' params into token ids (and logprobs)."""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from engine.request import Request
+from shared.messages import TokenLogprob
+
+
+class Sampler:
+    def __init__(self, ops: types.ModuleType, device: torch.device) -> None:
+        self.ops = ops
+        self.device = device
+
+    def sample(self, logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], list[TokenLogprob | None]]:
+        """logits [num_rows, vocab] float32, one row per request -> (token ids, logprobs or None)."""
+        raw = logits
+        if any(r.params.repetition_penalty != 1.0 or r.params.presence_penalty or r.params.frequency_penalty
+               for r in requests):
+            logits = self._apply_penalties(logits, requests)
+        logits = self._mask_early_stops(logits, requests)
+        params = [r.params for r in requests]
+        if all(p.is_greedy for p in params):
+            token_ids = logits.argmax(dim=-1)
+        else:
+            token_ids = self.ops.sample(
+                logits,
+                self._column([p.temperature for p in params], torch.float32),
+                self._column([p.top_k for p in params], torch.int64),
+                self._column([p.top_p for p in params], torch.float32),
+                self._column([p.min_p for p in params], torch.float32),
+                self._column([_as_signed64(r.seed) for r in requests], torch.int64),
+                self._column([r.num_output_tokens for r in requests], torch.int64),
+            )
+        token_list = token_ids.tolist()
+        return token_list, self._logprobs(raw, token_list, requests)
+
+    def _column(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=self.device)
+
+    def _apply_penalties(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        num_rows, vocab = logits.shape
+        prompt_mask = torch.zeros(num_rows, vocab, dtype=torch.bool, device=self.device)
+        output_counts = torch.zeros(num_rows, vocab, dtype=torch.int32, device=self.device)
+        for row, request in enumerate(requests):
+            prompt = torch.tensor(request.token_ids[:request.prompt_len], dtype=torch.int64, device=self.device)
+            prompt_mask[row, prompt] = True
+            outputs = torch.tensor(request.output_ids, dtype=torch.int64, device=self.device)
+            output_counts[row].index_add_(0, outputs, torch.ones_like(outputs, dtype=torch.int32))
+        params = [r.params for r in requests]
+        return self.ops.apply_penalties(
+            logits, prompt_mask, output_counts,
+            self._column([p.repetition_penalty for p in params], logits.dtype),
+            self._column([p.presence_penalty for p in params], logits.dtype),
+            self._column([p.frequency_penalty for p in params], logits.dtype))
+
+    def _mask_early_stops(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
+        """Forbid EOS and stop tokens for requests that have not reached min_tokens yet."""
+        rows, cols = [], []
+        for row, request in enumerate(requests):
+            if request.num_output_tokens < request.params.min_tokens:
+                stops = set(request.params.stop_token_ids)
+                if not request.params.ignore_eos:
+                    stops |= request.eos_token_ids
+                stops = [t for t in stops if t < logits.shape[1]]
+                rows += [row] * len(stops)
+                cols += stops
+        if not rows:
+            return logits
+        logits = logits.clone()
+        logits[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
+        return logits
+
+    def _logprobs(self, raw: torch.Tensor, token_ids: list[int],
+                  requests: list[Request]) -> list[TokenLogprob | None]:
+        wanted = [row for row, r in enumerate(requests) if r.params.logprobs is not None]
+        result: list[TokenLogprob | None] = [None] * len(requests)
+        if not wanted:
+            return result
+        rows = torch.tensor(wanted, device=self.device)
+        logprobs = raw[rows].log_softmax(dim=-1)  # [W, vocab]
+        num_top = max(requests[row].params.logprobs for row in wanted)
+        top_values, top_ids = logprobs.topk(max(num_top, 1), dim=-1)  # [W, num_top]
+        chosen = logprobs.gather(1, torch.tensor([[token_ids[r]] for r in wanted], device=self.device))
+        for i, row in enumerate(wanted):
+            n = requests[row].params.logprobs
+            result[row] = TokenLogprob(token_ids[row], float(chosen[i, 0]), top_ids[i, :n].tolist(),
+                                       top_values[i, :n].tolist())
+        return result
+
+
+def _as_signed64(seed: int) -> int:
+    seed &= (1 << 64) - 1
+    return seed - (1 << 64) if seed >= 1 << 63 else seed

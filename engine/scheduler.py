@@ -1,0 +1,182 @@
+"""Continuous batching on `num_computed_tokens`: no prefill or decode phase.
+
+Each step spends a token budget over running requests first (decodes cost one token, unfinished
+prompts a chunk), then admits waiting ones. When KV blocks run out the newest running request is
+preempted: its blocks are freed and it is recomputed later (its sampled tokens are kept). Pure
+Python: no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+
+from engine.block_manager import BlockManager
+from engine.request import Request, RequestStatus
+from shared.messages import FinishReason
+
+
+@dataclasses.dataclass
+class ScheduledBatch:
+    """One step's work: requests in batch order and how many new tokens each computes."""
+
+    requests: list[Request]
+    num_new_tokens: list[int]
+    num_preempted: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.requests
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def samples(self, index: int) -> bool:
+        """Whether request `index` reaches its last token this step (and so samples one)."""
+        request = self.requests[index]
+        return request.num_computed_tokens + self.num_new_tokens[index] == request.num_tokens
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int) -> None:
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # admission order: the last is preempted first
+        self.requests: dict[int, Request] = {}
+        self.newly_finished: list[Request] = []  # finished outside a step (errors, aborts)
+        self.num_preemptions = 0
+
+    # --- admission ------------------------------------------------------------------------------
+    def add(self, request: Request) -> None:
+        if request.rid in self.requests:
+            raise ValueError(f"request id {request.rid} is already in the engine")
+        self.requests[request.rid] = request
+        max_blocks = self.block_manager.num_blocks
+        if request.num_tokens >= self.max_model_len:
+            self._finish(request, FinishReason.ERROR, f"prompt has {request.num_tokens} tokens; the "
+                         f"context holds {self.max_model_len} (prompt + at least one generated token)")
+        elif self.block_manager.num_blocks_for(request.num_tokens + 1) > max_blocks:
+            self._finish(request, FinishReason.ERROR, f"prompt needs more KV blocks than the cache "
+                         f"has ({max_blocks} blocks of {self.block_manager.block_size} tokens)")
+        else:
+            self.waiting.append(request)
+
+    def abort(self, rid: int) -> None:
+        """Finish `rid` as aborted and free its blocks; unknown or finished ids are ignored."""
+        request = self.requests.get(rid)
+        if request is not None and not request.is_finished:
+            self._finish(request, FinishReason.ABORT)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # --- one step -------------------------------------------------------------------------------
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch([], [])
+        budget = self.max_num_batched_tokens
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if not self._allocate_or_preempt(request, num_new, batch):
+                continue  # `request` itself was preempted (or failed); the list shrank
+            batch.requests.append(request)
+            batch.num_new_tokens.append(num_new)
+            budget -= num_new
+            index += 1
+        if batch.num_preempted == 0:
+            budget = self._admit_waiting(batch, budget)
+        return batch
+
+    def _allocate_or_preempt(self, request: Request, num_new: int, batch: ScheduledBatch) -> bool:
+        while not self.block_manager.allocate(request, num_new):
+            victim = self.running[-1]
+            if victim is request and len(self.running) == 1:
+                self._finish(request, FinishReason.ERROR, "the KV cache is too small for this request "
+                             f"({self.block_manager.num_blocks} blocks of {self.block_manager.block_size})")
+                return False
+            self._preempt(victim, batch)
+            if victim is request:
+                return False
+        return True
+
+    def _preempt(self, request: Request, batch: ScheduledBatch) -> None:
+        # The victim is the last running request, never one already scheduled this step.
+        self.running.remove(request)
+        self.block_manager.free(request)
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        request.status = RequestStatus.WAITING
+        self.waiting.appendleft(request)
+        batch.num_preempted += 1
+        self.num_preemptions += 1
+
+    def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> int:
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            request = self.waiting[0]
+            cached = self.block_manager.find_cached_prefix(request.token_ids)
+            num_computed = len(cached) * self.block_manager.block_size
+            num_new = min(request.num_tokens - num_computed, budget)
+            if not self.block_manager.allocate(request, num_new, cached):
+                if not self.running:  # every block is free and it still does not fit: never will
+                    self._finish(request, FinishReason.ERROR, "the KV cache is too small for this "
+                                 f"request ({self.block_manager.num_blocks} blocks)")
+                    continue
+                break  # wait for blocks to free up; FCFS, no skipping ahead
+            self.waiting.popleft()
+            request.num_computed_tokens = num_computed
+            if request.num_preemptions == 0:
+                request.num_cached_tokens = num_computed
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            batch.requests.append(request)
+            batch.num_new_tokens.append(num_new)
+            budget -= num_new
+        return budget
+
+    def update_from_output(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[Request]:
+        """Advance each scheduled request; `sampled[i]` is the token request i drew, or None for
+        a prompt chunk that did not reach the end. Returns the requests that finished this step
+        (including any finished outside a step since the last call)."""
+        for request, num_new, token_id in zip(batch.requests, batch.num_new_tokens, sampled):
+            if request.is_finished:  # aborted while the step ran
+                continue
+            request.num_computed_tokens += num_new
+            if token_id is None:
+                continue
+            request.append_token(token_id)
+            reason = request.stop_reason_after(token_id, self.max_model_len)
+            if reason is not FinishReason.NONE:
+                self._finish(request, reason)
+        finished, self.newly_finished = self.newly_finished, []
+        return finished
+
+    def _finish(self, request: Request, reason: FinishReason, error: str | None = None) -> None:
+        if request.status is RequestStatus.RUNNING:
+            self.running.remove(request)
+        elif request in self.waiting:
+            self.waiting.remove(request)
+        self.block_manager.free(request)
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
+        request.error = error
+        del self.requests[request.rid]
+        self.newly_finished.append(request)
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if scheduler and block manager disagree (for tests)."""
+        live = list(self.waiting) + self.running
+        assert len(live) == len(self.requests) == len({r.rid for r in live}), "request sets disagree"
+        for request in self.running:
+            assert request.status is RequestStatus.RUNNING
+            assert request.num_computed_tokens <= request.num_tokens
+            assert len(request.block_ids) * self.block_manager.block_size >= request.num_computed_tokens
+        for request in self.waiting:
+            assert request.status is RequestStatus.WAITING and not request.block_ids
+        assert len(self.running) <= self.max_num_seqs
+        self.block_manager.check_invariants(live)

@@ -1,0 +1,156 @@
+"""Torch reference for every kernel: the spec, the CPU path and the test oracle.
+
+Runs on any torch device. Layouts are documented once, in kernels/contract.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kernels import contract
+
+_MASK_64 = (1 << 64) - 1
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write each token's key/value ([num_tokens, num_kv_heads, head_dim]) into its cache slot."""
+    contract.check_store_kv(key, value, k_cache, v_cache, slot_mapping)
+    num_kv_heads, head_dim = key.shape[1], key.shape[2]
+    slots = slot_mapping.long()
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, key)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, value)
+
+
+def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
+                    scale: float) -> torch.Tensor:
+    """Causal attention of a mixed batch over paged KV. Returns [num_tokens, num_q_heads, head_dim].
+
+    Decode rows (one query token) run as one batched masked SDPA; each prefill chunk runs as one
+    SDPA whose causal mask is offset by the context already cached. No per-token loops.
+    """
+    contract.check_paged_attention(query, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+    out = torch.empty_like(query)
+    q_lens = (query_start_loc[1:] - query_start_loc[:-1]).tolist()
+    starts = query_start_loc[:-1].tolist()
+    lens = seq_lens.tolist()
+    decode_rows = [i for i, n in enumerate(q_lens) if n == 1]
+    if decode_rows:
+        _decode(query, k_cache, v_cache, block_tables, lens, starts, decode_rows, scale, out)
+    for i, n in enumerate(q_lens):
+        if n > 1:
+            _prefill_chunk(query, k_cache, v_cache, block_tables[i], lens[i], starts[i], n, scale, out)
+    return out
+
+
+def _gather_kv(cache: torch.Tensor, block_table: torch.Tensor, max_len: int) -> torch.Tensor:
+    """[num_seqs, max_blocks] block ids -> [num_seqs, num_kv_heads, max_len, head_dim]."""
+    block_size = cache.shape[1]
+    num_blocks = (max_len + block_size - 1) // block_size
+    gathered = cache[block_table[:, :num_blocks].long()]  # [S, nb, block_size, Hkv, D]
+    gathered = gathered.flatten(1, 2)[:, :max_len]  # [S, max_len, Hkv, D]
+    return gathered.transpose(1, 2)
+
+
+def _decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+            lens: list[int], starts: list[int], rows: list[int], scale: float, out: torch.Tensor) -> None:
+    device = query.device
+    row_idx = torch.tensor(rows, device=device)
+    token_idx = torch.tensor([starts[i] for i in rows], device=device)
+    ctx_lens = torch.tensor([lens[i] for i in rows], device=device)
+    max_len = max(lens[i] for i in rows)
+    tables = block_tables[row_idx]
+    k = _gather_kv(k_cache, tables, max_len)  # [R, Hkv, L, D]
+    v = _gather_kv(v_cache, tables, max_len)
+    q = query[token_idx].unsqueeze(2)  # [R, Hq, 1, D]
+    mask = torch.arange(max_len, device=device)[None, :] < ctx_lens[:, None]  # [R, L]
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scale,
+                                       enable_gqa=True)  # [R, Hq, 1, D]
+    out[token_idx] = o.squeeze(2)
+
+
+def _prefill_chunk(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   block_table: torch.Tensor, seq_len: int, start: int, q_len: int, scale: float,
+                   out: torch.Tensor) -> None:
+    k = _gather_kv(k_cache, block_table[None], seq_len)  # [1, Hkv, L, D]
+    v = _gather_kv(v_cache, block_table[None], seq_len)
+    q = query[start:start + q_len].transpose(0, 1)[None]  # [1, Hq, q_len, D]
+    if q_len == seq_len:  # nothing cached before this chunk: plain causal attention
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    else:
+        q_pos = torch.arange(seq_len - q_len, seq_len, device=query.device)  # absolute positions
+        mask = torch.arange(seq_len, device=query.device)[None, :] <= q_pos[:, None]  # [q_len, L]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+    out[start:start + q_len] = o[0].transpose(0, 1)
+
+
+def apply_penalties(logits: torch.Tensor, prompt_mask: torch.Tensor, output_counts: torch.Tensor,
+                    repetition: torch.Tensor, presence: torch.Tensor, frequency: torch.Tensor) -> torch.Tensor:
+    """vLLM/OpenAI penalties on [num_rows, vocab] logits; returns a new tensor.
+
+    repetition: over tokens seen in prompt or output, divides positive and multiplies negative logits;
+    presence / frequency: subtract a constant / a per-occurrence amount over output tokens.
+    """
+    contract.check_apply_penalties(logits, prompt_mask, output_counts, repetition, presence, frequency)
+    counts = output_counts.to(logits.dtype)
+    seen = prompt_mask | (output_counts > 0)
+    rep = repetition[:, None]
+    penalized = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(seen, penalized, logits)
+    return logits - frequency[:, None] * counts - presence[:, None] * (output_counts > 0).to(logits.dtype)
+
+
+def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+           min_p: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """One token per row of [num_rows, vocab] float32 logits. Returns [num_rows] int64.
+
+    temperature 0 is greedy. Otherwise: scale, keep top_k (<= 0: all), keep the smallest set whose
+    probability reaches top_p, drop tokens below min_p * max prob, then draw with exponential-race
+    noise (argmax p / E, E ~ Exp(1)) from a generator seeded by (seed, offset) alone, so a row's
+    draw never depends on the other rows of the batch.
+    """
+    contract.check_sample(logits, temperature, top_k, top_p, min_p, seeds, offsets)
+    greedy = logits.argmax(dim=-1)
+    if bool((temperature == 0).all()):
+        return greedy
+    temp = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+    probs = _filtered_probs(logits / temp[:, None], top_k, top_p, min_p)  # [R, V]
+    noise = _exponential_noise(probs.shape, seeds, offsets, logits.device)  # [R, V]
+    drawn = (probs / noise).argmax(dim=-1)
+    return torch.where(temperature == 0, greedy, drawn)
+
+
+def _filtered_probs(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                    min_p: torch.Tensor) -> torch.Tensor:
+    vocab = scaled.shape[-1]
+    sorted_logits, order = scaled.sort(dim=-1, descending=True)  # [R, V]
+    ranks = torch.arange(vocab, device=scaled.device)[None, :]
+    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab))
+    remove = ranks >= k[:, None]
+    sorted_probs = sorted_logits.masked_fill(remove, float("-inf")).softmax(dim=-1)
+    cum_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass strictly above each token
+    remove |= (cum_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # the crossing token stays
+    remove |= sorted_probs < min_p[:, None] * sorted_probs[:, :1]
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    filtered = torch.empty_like(scaled).scatter_(-1, order, sorted_logits)
+    return filtered.softmax(dim=-1)
+
+
+def _exponential_noise(shape: torch.Size, seeds: torch.Tensor, offsets: torch.Tensor,
+                       device: torch.device) -> torch.Tensor:
+    noise = torch.empty(shape, dtype=torch.float32, device=device)
+    generator = torch.Generator(device=device)
+    for row, (seed, offset) in enumerate(zip(seeds.tolist(), offsets.tolist())):
+        generator.manual_seed(_mix_seed(seed, offset))
+        noise[row].exponential_(generator=generator)
+    return noise
+
+
+def _mix_seed(seed: int, offset: int) -> int:
+    """splitmix64 of (seed, offset): decorrelated streams for each step of each request."""
+    z = (seed * 0x9E3779B97F4A7C15 + offset + 1) & _MASK_64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK_64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK_64
+    return (z ^ (z >> 31)) & 0x7FFF_FFFF_FFFF_FFFF

@@ -1,0 +1,61 @@
+"""Engine configuration: frozen, validated at construction, never mutated afterwards.
+
+Runtime facts (the number of KV blocks actually allocated, the resolved dtype) are returned by
+the components that compute them, never written back here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+_DEVICES = ("cpu", "cuda")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_KERNELS = ("auto", "ref")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """What the engine is asked to do. `None` fields mean "derive from the model or memory"."""
+
+    model: str | None = None  # path to a HF directory or .gguf file; None: the embedded default
+    device: str = "cpu"
+    dtype: str = "auto"
+    kernels: str = "auto"
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # None: sized from kv_cache_gib
+    kv_cache_gib: float = 1.0
+    max_model_len: int | None = None  # None: the model's own context length
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 512
+    enable_prefix_caching: bool = True
+    num_threads: int | None = None  # CPU: torch intra-op threads; None: torch's default
+
+    def __post_init__(self) -> None:
+        _choice("device", self.device.split(":")[0], _DEVICES)
+        _choice("dtype", self.dtype, _DTYPES)
+        _choice("kernels", self.kernels, _KERNELS)
+        _positive("block_size", self.block_size)
+        _positive("max_num_seqs", self.max_num_seqs)
+        _positive("max_num_batched_tokens", self.max_num_batched_tokens)
+        if self.num_kv_blocks is not None:
+            _positive("num_kv_blocks", self.num_kv_blocks)
+        if self.max_model_len is not None:
+            _positive("max_model_len", self.max_model_len)
+        if self.num_threads is not None:
+            _positive("num_threads", self.num_threads)
+        if not self.kv_cache_gib > 0:
+            raise ValueError(f"kv_cache_gib must be > 0, got {self.kv_cache_gib!r}")
+
+    def replace(self, **changes: object) -> EngineConfig:
+        """A new config with some fields changed (unknown names raise TypeError)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
