@@ -74,6 +74,10 @@ class InferenceEngine:
         block_size = config.block_size
         num_blocks = config.num_kv_blocks or max(
             1, int(config.kv_cache_gib * 2**30) // ModelRunner.kv_bytes_per_block(model, block_size))
+        if num_blocks * block_size < max_model_len:  # one request must always fit the cache alone
+            logger.warning("max_model_len capped from %d to %d by the KV cache size", max_model_len,
+                           num_blocks * block_size)
+            max_model_len = num_blocks * block_size
         runner = ModelRunner(model, Sampler(ops, device), num_blocks, block_size)
         block_manager = BlockManager(num_blocks, block_size, config.enable_prefix_caching)
         scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len)

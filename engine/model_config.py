@@ -7,6 +7,7 @@ from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 _GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM"}
+_HF_MODEL_TYPES = {"llama": "LlamaForCausalLM"}  # for config.json files without "architectures"
 _ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -54,7 +55,8 @@ class ModelConfig:
 
     @classmethod
     def from_hf_json(cls, config: dict[str, Any]) -> ModelConfig:
-        architectures = config.get("architectures") or ["?"]
+        architectures = config.get("architectures") or [
+            _HF_MODEL_TYPES.get(config.get("model_type"), f"model_type {config.get('model_type')!r}")]
         num_heads = _int(config, "num_attention_heads")
         hidden_size = _int(config, "hidden_size")
         rope_theta, rope_scaling = _hf_rope(config)
