@@ -43,7 +43,7 @@ class InferenceEngine:
         self.max_model_len = core.scheduler.max_model_len
         self._rids = itertools.count()
         self._lock = threading.Lock()  # one stepping caller at a time (generate vs. stream pump)
-        self._streams: dict[int, asyncio.Queue[RequestDelta]] = {}
+        self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestDelta]]] = {}
         self._pump: asyncio.Task | None = None
 
     # --- construction ---------------------------------------------------------------------------
@@ -123,11 +123,9 @@ class InferenceEngine:
             rids = [next(self._rids) for _ in encoded]
             for rid, ids in zip(rids, encoded):
                 self.core.add_request(rid, ids, params)
-            done = {}
-            while len(done) < len(rids):
-                for delta in self.core.step():
-                    if delta.finish_reason:
-                        done[delta.rid] = delta.request
+        mine, done = set(rids), {}
+        while len(done) < len(rids):
+            done.update((rid, r) for rid, r in self._step_and_route().items() if rid in mine)
         completions = [self._completion(done[rid]) for rid in rids]
         return completions[0] if single else completions
 
@@ -153,7 +151,7 @@ class InferenceEngine:
         queue: asyncio.Queue[RequestDelta] = asyncio.Queue()
         with self._lock:
             rid = next(self._rids)
-            self._streams[rid] = queue
+            self._streams[rid] = (asyncio.get_running_loop(), queue)
             self.core.add_request(rid, prompt_ids, params or SamplingParams())
         self._ensure_pump()
         try:
@@ -176,16 +174,23 @@ class InferenceEngine:
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
     async def _run_pump(self) -> None:
-        """Step the engine in a worker thread while streams are open, routing deltas to them."""
+        """Step the engine in a worker thread while streams are open."""
         while self._streams:
-            deltas = await asyncio.to_thread(self._locked_step)
+            await asyncio.to_thread(self._step_and_route)
+
+    def _step_and_route(self) -> dict[int, Any]:
+        """One engine step. Stream requests' deltas go to their queues; returns the other
+        requests that finished, by rid (generate() picks its own out of them)."""
+        finished = {}
+        with self._lock:
+            deltas = self.core.step() if self.core.has_work() else []
             for delta in deltas:
-                queue = self._streams.get(delta.rid)
-                if queue is not None:
+                stream = self._streams.get(delta.rid)
+                if stream is not None:
                     if delta.finish_reason:
                         del self._streams[delta.rid]
-                    queue.put_nowait(delta)
-
-    def _locked_step(self) -> list[RequestDelta]:
-        with self._lock:
-            return self.core.step() if self.core.has_work() else []
+                    loop, queue = stream
+                    loop.call_soon_threadsafe(queue.put_nowait, delta)
+                elif delta.finish_reason:
+                    finished[delta.rid] = delta.request
+        return finished

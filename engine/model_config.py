@@ -31,9 +31,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.architecture not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(f"unsupported architecture {self.architecture!r}; Forge supports "
-                             f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+        _check_architecture(self.architecture)
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                      "num_kv_heads", "head_dim", "max_position_embeddings"):
             value = getattr(self, name)
@@ -57,6 +55,7 @@ class ModelConfig:
     def from_hf_json(cls, config: dict[str, Any]) -> ModelConfig:
         architectures = config.get("architectures") or [
             _HF_MODEL_TYPES.get(config.get("model_type"), f"model_type {config.get('model_type')!r}")]
+        _check_architecture(architectures[0])
         num_heads = _int(config, "num_attention_heads")
         hidden_size = _int(config, "hidden_size")
         rope_theta, rope_scaling = _hf_rope(config)
@@ -114,6 +113,12 @@ class ModelConfig:
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
             eos_token_ids=() if eos is None else (int(eos),),
         )
+
+
+def _check_architecture(architecture: str) -> None:
+    if architecture not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"unsupported architecture {architecture!r}; Forge supports "
+                         f"{', '.join(SUPPORTED_ARCHITECTURES)}")
 
 
 def _int(config: dict[str, Any], key: str) -> int:

@@ -1,0 +1,25 @@
+"""The project's own top-level packages must win over unrelated PyPI packages of the same name."""
+
+from __future__ import annotations
+
+import pathlib
+
+import engine
+import frontend
+import kernels
+import shared
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_top_level_packages_resolve_inside_the_repository():
+    for package in (engine, frontend, kernels, shared):
+        assert pathlib.Path(package.__file__).resolve().is_relative_to(REPO), package.__file__
+
+
+def test_kernel_loader_rejects_unknown_kinds():
+    import pytest
+
+    assert kernels.load("auto") is kernels.load("ref")
+    with pytest.raises(ValueError, match="kernels must be one of"):
+        kernels.load("triton")
