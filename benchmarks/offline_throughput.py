@@ -1,0 +1,115 @@
+"""Offline throughput: Forge's continuous batching vs transformers `generate`, same run.
+
+    python benchmarks/offline_throughput.py                      # float32 and bfloat16, CPU
+    python benchmarks/offline_throughput.py --dtype bfloat16 --num-prompts 64
+
+Workload: N prompts of I random tokens, O new tokens each, greedy, EOS ignored. Prints output
+tokens/s for both engines and their ratio, and Forge's model FLOP utilization: achieved FLOP/s
+(matmul FLOPs of every prompt and output token) over the peak a plain torch matmul of the
+model's own weight shapes reaches at the decode batch size on this machine, measured here too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from engine import InferenceEngine, SamplingParams  # noqa: E402
+from engine.loaders import default_model_path  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def weight_shapes(config) -> list[tuple[int, int]]:
+    """(out, in) of every matmul one token passes through, the LM head last."""
+    h, d = config.hidden_size, config.head_dim
+    layer = [((config.num_heads + 2 * config.num_kv_heads) * d, h), (h, config.num_heads * d),
+             (2 * config.intermediate_size, h), (h, config.intermediate_size)]
+    return layer * config.num_layers + [(config.vocab_size, h)]
+
+
+def matmul_peak_flops(config, dtype: torch.dtype, rows: int, seconds: float = 3.0) -> float:
+    """FLOP/s of plain torch matmuls over the model's weight shapes at `rows` rows."""
+    shapes = weight_shapes(config)
+    weights = [torch.randn(o, i, dtype=dtype) for o, i in {s: None for s in shapes}]
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=dtype) for w in weights}
+    flops_per_pass = sum(2 * rows * w.shape[0] * w.shape[1] for w in weights)
+    for w in weights:  # warm-up
+        torch.nn.functional.linear(inputs[w.shape[1]], w)
+    passes, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for w in weights:
+            torch.nn.functional.linear(inputs[w.shape[1]], w)
+        passes += 1
+    return flops_per_pass * passes / (time.perf_counter() - start)
+
+
+def workload_flops(config, num_prompts: int, prompt_len: int, output_len: int) -> float:
+    shapes = weight_shapes(config)
+    per_token = sum(2 * o * i for o, i in shapes[:-1])
+    head = 2 * shapes[-1][0] * shapes[-1][1]
+    return num_prompts * (prompt_len + output_len) * per_token + num_prompts * output_len * head
+
+
+def run_forge(dtype: str, prompts: list[list[int]], output_len: int) -> tuple[float, object]:
+    engine = InferenceEngine.from_pretrained(None, dtype=dtype, max_num_seqs=len(prompts))
+    engine.generate(prompts[:2], SamplingParams(max_tokens=2, temperature=0.0))  # warm-up
+    engine.core.scheduler.block_manager.reset_prefix_cache()  # random prompts: no reuse to exploit
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    outputs = engine.generate(prompts, params)
+    elapsed = time.perf_counter() - start
+    assert all(len(o.token_ids) == output_len for o in outputs)
+    return len(prompts) * output_len / elapsed, engine.core.runner.model.config
+
+
+def run_transformers(dtype: str, prompts: list[list[int]], output_len: int) -> float:
+    from transformers import AutoModelForCausalLM
+
+    directory, name = os.path.split(default_model_path())
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=DTYPES[dtype]).eval()
+    input_ids = torch.tensor(prompts)
+    kwargs = dict(do_sample=False, min_new_tokens=output_len, max_new_tokens=output_len, pad_token_id=0)
+    with torch.inference_mode():
+        model.generate(input_ids[:2, :8], **dict(kwargs, min_new_tokens=2, max_new_tokens=2))  # warm-up
+        start = time.perf_counter()
+        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        elapsed = time.perf_counter() - start
+    assert out.shape[1] == input_ids.shape[1] + output_len
+    return len(prompts) * output_len / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=["both", *DTYPES], default="both")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--skip-transformers", action="store_true")
+    args = parser.parse_args()
+    generator = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(100, 49_000, (args.prompt_len,), generator=generator).tolist()
+               for _ in range(args.num_prompts)]
+    print(f"# {args.num_prompts} prompts x {args.prompt_len} tokens -> {args.output_len} new tokens, greedy, "
+          f"ignore_eos; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for dtype in (DTYPES if args.dtype == "both" else [args.dtype]):
+        forge_tps, config = run_forge(dtype, prompts, args.output_len)
+        peak = matmul_peak_flops(config, DTYPES[dtype], rows=args.num_prompts)
+        achieved = workload_flops(config, args.num_prompts, args.prompt_len, args.output_len) * \
+            forge_tps / (args.num_prompts * args.output_len)
+        line = (f"{dtype:9s} forge {forge_tps:7.1f} out tok/s | achieved {achieved / 1e9:6.1f} GFLOP/s = "
+                f"{100 * achieved / peak:5.1f}% of matmul peak {peak / 1e9:6.1f} GFLOP/s")
+        if not args.skip_transformers:
+            hf_tps = run_transformers(dtype, prompts, args.output_len)
+            line += f" | transformers {hf_tps:7.1f} out tok/s | ratio {forge_tps / hf_tps:4.2f}x"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
