@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator, Sequence
 import torch
 
 import kernels
+from engine import compute_thread
 from engine.block_manager import BlockManager
 from engine.completion import Completion
 from engine.detokenizer import IncrementalDetokenizer
@@ -57,6 +58,10 @@ class InferenceEngine:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, config: EngineConfig) -> InferenceEngine:
+        return compute_thread.run(cls._build, checkpoint, config)
+
+    @classmethod
+    def _build(cls, checkpoint: Checkpoint, config: EngineConfig) -> InferenceEngine:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         device = torch.device(config.device)
@@ -125,7 +130,8 @@ class InferenceEngine:
                 self.core.add_request(rid, ids, params)
         mine, done = set(rids), {}
         while len(done) < len(rids):
-            done.update((rid, r) for rid, r in self._step_and_route().items() if rid in mine)
+            finished = compute_thread.run(self._step_and_route)
+            done.update((rid, r) for rid, r in finished.items() if rid in mine)
         completions = [self._completion(done[rid]) for rid in rids]
         return completions[0] if single else completions
 
@@ -145,9 +151,18 @@ class InferenceEngine:
     async def generate_stream(self, prompt: Prompt, params: SamplingParams | None = None
                               ) -> AsyncIterator[str]:
         """Text deltas of one generation as they are produced. Concurrent streams share steps."""
+        detokenizer = IncrementalDetokenizer(self._require_tokenizer())
+        async for token_ids in self.stream_tokens(prompt, params):
+            text = detokenizer.push(token_ids)
+            if text:
+                yield text
+
+    async def stream_tokens(self, prompt: Prompt, params: SamplingParams | None = None
+                            ) -> AsyncIterator[list[int]]:
+        """The new token ids of one generation, per engine step. Leaving the loop early aborts
+        the request and frees its KV blocks; an engine-side failure raises RuntimeError."""
         prompt_ids = self.encode_prompt(prompt)
         self._check_prompt_len(prompt_ids)
-        detokenizer = IncrementalDetokenizer(self._require_tokenizer())
         queue: asyncio.Queue[RequestDelta] = asyncio.Queue()
         with self._lock:
             rid = next(self._rids)
@@ -157,9 +172,8 @@ class InferenceEngine:
         try:
             while True:
                 delta = await queue.get()
-                text = detokenizer.push(delta.new_token_ids)
-                if text:
-                    yield text
+                if delta.new_token_ids:
+                    yield delta.new_token_ids
                 if delta.finish_reason:
                     if delta.request.error:
                         raise RuntimeError(delta.request.error)
@@ -174,9 +188,9 @@ class InferenceEngine:
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
     async def _run_pump(self) -> None:
-        """Step the engine in a worker thread while streams are open."""
+        """Step the engine on the compute thread while streams are open."""
         while self._streams:
-            await asyncio.to_thread(self._step_and_route)
+            await compute_thread.run_async(self._step_and_route)
 
     def _step_and_route(self) -> dict[int, Any]:
         """One engine step. Stream requests' deltas go to their queues; returns the other
