@@ -41,7 +41,7 @@ class Attention(nn.Module):
         self.scale = self.head_dim ** -0.5
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
-                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                plan: object, kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         num_tokens = x.shape[0]
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = rope.apply_rotary(q.view(num_tokens, self.num_heads, self.head_dim), cos, sin)  # [T, Hq, D]
@@ -49,8 +49,7 @@ class Attention(nn.Module):
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         k_cache, v_cache = kv_cache
         self.ops.store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
-        out = self.ops.paged_attention(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
-                                       batch.query_start_loc, self.scale)  # [T, Hq, D]
+        out = self.ops.paged_attention(q, k_cache, v_cache, plan, self.scale)  # [T, Hq, D]
         return self.o_proj(out.reshape(num_tokens, self.q_size))
 
 
@@ -75,8 +74,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
-                kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, kv_cache)
+                plan: object, kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, plan, kv_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -84,6 +83,7 @@ class Llama(nn.Module):
     def __init__(self, config: ModelConfig, ops: types.ModuleType, max_model_len: int) -> None:
         super().__init__()
         self.config = config
+        self.ops = ops
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, ops) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -105,8 +105,9 @@ class Llama(nn.Module):
         x = self.embed_tokens(batch.input_ids)  # [T, hidden]
         cos = self.rope_cos[batch.positions].to(x.dtype)  # [T, head_dim]
         sin = self.rope_sin[batch.positions].to(x.dtype)
+        plan = self.ops.plan_attention(batch.block_tables, batch.seq_lens, batch.query_start_loc)
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, cos, sin, batch, kv_cache)
+            x = layer(x, cos, sin, batch, plan, kv_cache)
         return self.norm(x[batch.logits_indices])
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,9 @@ Flat batch layout (prefill chunks and decodes mixed, one sequence after another)
                      (their KV is stored before attention runs)
     block_tables:    [num_seqs, max_blocks_per_seq] block ids, padded with any valid id
 
-Both implementations (kernels/ref.py and kernels/cuda.py) call these checks first.
+Attention is planned once per step (`plan_attention(block_tables, seq_lens, query_start_loc)`,
+whose result is opaque to callers) and run per layer (`paged_attention(query, k_cache, v_cache,
+plan, scale)`). Both implementations (kernels/ref.py and kernels/cuda.py) call these checks first.
 """
 
 from __future__ import annotations
@@ -42,16 +44,8 @@ def check_store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
     _require(key.dtype == k_cache.dtype, f"key dtype {key.dtype} != cache dtype {k_cache.dtype}")
 
 
-def check_paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                          query_start_loc: torch.Tensor) -> None:
-    _require(query.dim() == 3, "query must be [num_tokens, num_q_heads, head_dim]")
-    _require(k_cache.dim() == 4 and k_cache.shape == v_cache.shape,
-             "k_cache/v_cache must be [num_blocks, block_size, num_kv_heads, head_dim] and equal")
-    num_q_heads, num_kv_heads = query.shape[1], k_cache.shape[2]
-    _require(num_q_heads % num_kv_heads == 0,
-             f"num_q_heads {num_q_heads} must be a multiple of num_kv_heads {num_kv_heads}")
-    _require(query.shape[2] == k_cache.shape[3], "query head_dim != cache head_dim")
+def check_attention_plan(block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                         query_start_loc: torch.Tensor) -> None:
     num_seqs = seq_lens.shape[0]
     _require(block_tables.dim() == 2 and block_tables.shape[0] == num_seqs,
              "block_tables must be [num_seqs, max_blocks_per_seq]")
@@ -59,6 +53,19 @@ def check_paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     for name, t in (("block_tables", block_tables), ("seq_lens", seq_lens),
                     ("query_start_loc", query_start_loc)):
         _require(t.dtype in _INDEX_DTYPES, f"{name} must be int32 or int64")
+
+
+def check_paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          num_planned_tokens: int) -> None:
+    _require(query.dim() == 3, "query must be [num_tokens, num_q_heads, head_dim]")
+    _require(k_cache.dim() == 4 and k_cache.shape == v_cache.shape,
+             "k_cache/v_cache must be [num_blocks, block_size, num_kv_heads, head_dim] and equal")
+    num_q_heads, num_kv_heads = query.shape[1], k_cache.shape[2]
+    _require(num_q_heads % num_kv_heads == 0,
+             f"num_q_heads {num_q_heads} must be a multiple of num_kv_heads {num_kv_heads}")
+    _require(query.shape[2] == k_cache.shape[3], "query head_dim != cache head_dim")
+    _require(query.shape[0] == num_planned_tokens,
+             f"query has {query.shape[0]} tokens, the attention plan {num_planned_tokens}")
 
 
 def check_sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,

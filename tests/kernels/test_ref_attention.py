@@ -30,7 +30,8 @@ def test_paged_attention_matches_dense(case, dtype, block_size):
     seq_lens, q_lens = CASES[case]
     query, k_cache, v_cache, tables, lens, starts, dense_k, dense_v = make_paged_inputs(
         seq_lens, q_lens, num_q_heads=9, num_kv_heads=3, head_dim=64, block_size=block_size, dtype=dtype)
-    got = ops.paged_attention(query, k_cache, v_cache, tables, lens, starts, scale=0.125)
+    plan = ops.plan_attention(tables, lens, starts)
+    got = ops.paged_attention(query, k_cache, v_cache, plan, scale=0.125)
     expected = dense_attention(query, dense_k, dense_v, seq_lens, q_lens, 0.125)
     assert got.shape == query.shape and got.dtype == dtype
     torch.testing.assert_close(got.double(), expected, **TOL[dtype])
@@ -49,9 +50,14 @@ def test_store_kv_writes_exact_slots():
 
 def test_contract_rejects_bad_shapes():
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
-        contract.check_paged_attention(torch.zeros(1, 5, 8), torch.zeros(2, 16, 2, 8), torch.zeros(2, 16, 2, 8),
-                                       torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32),
-                                       torch.tensor([0, 1], dtype=torch.int32))
+        contract.check_paged_attention(torch.zeros(1, 5, 8), torch.zeros(2, 16, 2, 8), torch.zeros(2, 16, 2, 8), 1)
+    with pytest.raises(ValueError, match="query_start_loc"):
+        ops.plan_attention(torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32),
+                           torch.tensor([0, 1, 2], dtype=torch.int32))
+    plan = ops.plan_attention(torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32),
+                              torch.tensor([0, 1], dtype=torch.int32))
+    with pytest.raises(ValueError, match="the attention plan 1"):
+        ops.paged_attention(torch.zeros(2, 4, 8), torch.zeros(2, 16, 2, 8), torch.zeros(2, 16, 2, 8), plan, 1.0)
     with pytest.raises(ValueError, match="slot_mapping"):
         ops.store_kv(torch.zeros(2, 2, 8), torch.zeros(2, 2, 8), torch.zeros(2, 16, 2, 8),
                      torch.zeros(2, 16, 2, 8), torch.zeros(3, dtype=torch.int64))
