@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 import re
 
-import gguf
-import numpy as np
 import torch
 
 from engine.loaders import gguf_dequant
 from engine.loaders.checkpoint import Checkpoint, ModelLoadError, WeightStream
+from engine.loaders.gguf_reader import GGUFFile
 from engine.loaders.progress import Progress
 from engine.model_config import ModelConfig
 from engine.tokenizer import Tokenizer
@@ -28,46 +27,32 @@ _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 
 
 def load_gguf(path: str) -> Checkpoint:
-    reader = _open_reader(path)
     try:
-        meta = {name: field.contents() for name, field in reader.fields.items()
-                if not name.startswith("GGUF.")}
-    except Exception as exc:  # malformed field payloads
-        raise ModelLoadError(f"{path}: unreadable GGUF metadata ({exc})") from exc
-    names = {t.name for t in reader.tensors}
+        gguf_file = GGUFFile(path)
+    except ValueError as exc:
+        reason = str(exc) if str(exc).startswith(("truncated", "not a GGUF")) else f"corrupt GGUF ({exc})"
+        raise ModelLoadError(f"{path}: {reason}") from exc
+    meta = gguf_file.metadata
+    names = {t.name for t in gguf_file.tensors}
     try:
         config = ModelConfig.from_gguf_metadata(meta, has_output_tensor="output.weight" in names)
         tokenizer = Tokenizer.from_gguf_metadata(meta)
     except ValueError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
-    _check_tensors(path, reader)
-    types = sorted({t.tensor_type.name for t in reader.tensors})
+    _check_tensors(path, gguf_file)
+    types = sorted({t.qtype.name for t in gguf_file.tensors})
     size_mib = os.path.getsize(path) / 2**20
     description = (f"{meta.get('general.name', os.path.basename(path))} ({config.architecture}, "
                    f"{config.num_params / 1e6:.0f}M params, GGUF {'+'.join(types)}, {size_mib:.0f} MiB)")
-    return Checkpoint(config, lambda: _weights(path, reader, config), tokenizer, description)
+    return Checkpoint(config, lambda: _weights(gguf_file, config), tokenizer, description)
 
 
-def _open_reader(path: str) -> gguf.GGUFReader:
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise ModelLoadError(f"{path}: not a GGUF file (magic {magic!r})")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as exc:  # the reader raises assorted errors on truncated or corrupt files
-        raise ModelLoadError(f"{path}: corrupt or truncated GGUF ({type(exc).__name__}: {exc})") from exc
-
-
-def _check_tensors(path: str, reader: gguf.GGUFReader) -> None:
-    file_size = os.path.getsize(path)
-    for tensor in reader.tensors:
-        if tensor.tensor_type not in gguf_dequant.SUPPORTED_TYPES:
+def _check_tensors(path: str, gguf_file: GGUFFile) -> None:
+    for tensor in gguf_file.tensors:
+        if tensor.qtype not in gguf_dequant.SUPPORTED_TYPES:
             names = ", ".join(t.name for t in gguf_dequant.SUPPORTED_TYPES)
             raise ModelLoadError(f"{path}: tensor {tensor.name} uses unsupported quantization "
-                                 f"{tensor.tensor_type.name}; supported: {names}")
-        if tensor.data_offset + tensor.n_bytes > file_size:
-            raise ModelLoadError(f"{path}: truncated: tensor {tensor.name} ends past the end of the file")
+                                 f"{tensor.qtype.name}; supported: {names}")
         if _hf_name(tensor.name) is None:
             raise ModelLoadError(f"{path}: unexpected tensor {tensor.name}")
 
@@ -84,13 +69,12 @@ def _hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def _weights(path: str, reader: gguf.GGUFReader, config: ModelConfig) -> WeightStream:
-    progress = Progress(f"loading {os.path.basename(path)}", len(reader.tensors))
-    for tensor in reader.tensors:
+def _weights(gguf_file: GGUFFile, config: ModelConfig) -> WeightStream:
+    progress = Progress(f"loading {os.path.basename(gguf_file.path)}", len(gguf_file.tensors))
+    for tensor in gguf_file.tensors:
         name = _hf_name(tensor.name)
         if name:
-            shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists the innermost dim first
-            weight = gguf_dequant.dequantize(np.asarray(tensor.data), tensor.tensor_type, shape)
+            weight = gguf_dequant.dequantize(gguf_file.tensor_bytes(tensor), tensor.qtype, tensor.shape)
             if ".attn_q." in tensor.name:
                 weight = _unpermute_rope_rows(weight, config.num_heads)
             elif ".attn_k." in tensor.name:

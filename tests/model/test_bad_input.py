@@ -36,7 +36,7 @@ def test_truncated_gguf_header(gguf_path, tmp_path):
     truncated = tmp_path / "header.gguf"
     with open(gguf_path, "rb") as src:
         truncated.write_bytes(src.read(100_000))  # cut inside the vocabulary metadata
-    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+    with pytest.raises(ModelLoadError, match="truncated: needs 8 bytes at offset"):
         open_checkpoint(str(truncated))
 
 
@@ -50,8 +50,17 @@ def test_not_a_gguf(tmp_path):
 def test_corrupt_gguf_metadata(tmp_path):
     corrupt = tmp_path / "corrupt.gguf"
     corrupt.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + b"\xff" * 64)
-    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+    with pytest.raises(ModelLoadError, match="corrupt GGUF.*implausible counts"):
         open_checkpoint(str(corrupt))
+
+
+def test_gguf_with_an_absurd_string_length(gguf_path, tmp_path):
+    data = bytearray(open(gguf_path, "rb").read(4096))
+    data[24:32] = (2**62).to_bytes(8, "little")  # the first metadata key's length
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="truncated: needs 4611686018427387904 bytes"):
+        open_checkpoint(str(bad))
 
 
 def _write_tiny_gguf(path, tensor_type: gguf.GGMLQuantizationType, payload: np.ndarray) -> None:
