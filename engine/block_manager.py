@@ -33,8 +33,6 @@ class BlockManager:
         self.block_keys: list[BlockKey | None] = [None] * num_blocks
         self.cached: dict[BlockKey, int] = {}  # prefix key -> block id holding it
         self.free_queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        self.num_cache_queries = 0  # prompt tokens looked up in the prefix cache
-        self.num_cache_hits = 0  # of those, tokens found
 
     # --- queries -------------------------------------------------------------------------------
     @property
@@ -67,8 +65,6 @@ class BlockManager:
                 break
             hits.append(block_id)
             parent = key
-        self.num_cache_queries += len(token_ids)
-        self.num_cache_hits += len(hits) * self.block_size
         return hits
 
     # --- mutations ------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ class Scheduler:
         self.requests: dict[int, Request] = {}
         self.newly_finished: list[Request] = []  # finished outside a step (errors, aborts)
         self.num_preemptions = 0
+        self.num_cache_queries = 0  # prompt tokens looked up in the prefix cache at admission
+        self.num_cache_hits = 0  # of those, tokens served from it
 
     # --- admission ------------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -130,6 +132,8 @@ class Scheduler:
                 break  # wait for blocks to free up; FCFS, no skipping ahead
             self.waiting.popleft()
             request.num_computed_tokens = num_computed
+            self.num_cache_queries += request.num_tokens
+            self.num_cache_hits += num_computed
             if request.num_preemptions == 0:
                 request.num_cached_tokens = num_computed
             request.status = RequestStatus.RUNNING

@@ -38,6 +38,12 @@ class Tokenizer:
                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "")
 
     @classmethod
+    def from_json(cls, tokenizer_json: str, chat_template: str | None, bos_token: str | None,
+                  eos_token: str | None) -> Tokenizer:
+        """Rebuild a tokenizer sent over the wire (see EngineReady)."""
+        return cls(tokenizers.Tokenizer.from_str(tokenizer_json), chat_template, bos_token, eos_token)
+
+    @classmethod
     def from_gguf_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
         backend = build_gguf_tokenizer(meta)
         tokens = meta["tokenizer.ggml.tokens"]

@@ -1,28 +1,85 @@
-"""The `forge` command."""
+"""The `forge` command: serve, engine, worker, generate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import secrets
 import sys
 
 from shared.messages import SamplingParams
 
 
-def _generate_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("generate", help="generate text in-process and stream it to stdout")
-    p.add_argument("prompt", help="the prompt (with --chat: the user message)")
-    p.add_argument("--model", default=None, help="HF directory or .gguf file (default: embedded SmolLM2)")
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.set_defaults(run=_run_generate)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--num-kv-blocks", type=int, default=None)
+    p.add_argument("--kv-cache-gib", type=float, default=1.0)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--served-model-name", default=None)
+
+
+def _engine_options(args: argparse.Namespace) -> list[str]:
+    """The engine flags of `forge serve`, passed on to the engine child."""
+    out = ["--device", args.device, "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
+           "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--kv-cache-gib", str(args.kv_cache_gib)]
+    for flag, value in (("--max-model-len", args.max_model_len), ("--num-kv-blocks", args.num_kv_blocks),
+                        ("--served-model-name", args.served_model_name)):
+        if value is not None:
+            out += [flag, str(value)]
+    return out + (["--no-prefix-caching"] if args.no_prefix_caching else [])
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from frontend import launch
+    from shared.config import FrontendConfig
+
+    launch.set_title("forge-frontend")
+    config = FrontendConfig(host=args.host, port=args.port, max_num_seqs=args.max_num_seqs,
+                            max_queued_requests=args.max_queued_requests)
+    return launch.serve(args.model, config, args.workers, _engine_options(args))
+
+
+def _run_engine(args: argparse.Namespace) -> int:
+    import os
+
+    from engine import InferenceEngine
+    from engine.loop import EngineLoop
+    from frontend.launch import set_title
+    from shared.config import engine_addresses
+    from shared.messages import EngineReady
+
+    set_title("forge-engine")
+    engine = InferenceEngine.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        num_kv_blocks=args.num_kv_blocks, kv_cache_gib=args.kv_cache_gib,
+        enable_prefix_caching=not args.no_prefix_caching)
+    tokenizer = engine.tokenizer
+    if tokenizer is None:
+        raise ValueError("serving needs a model with a tokenizer")
+    name = args.served_model_name or os.path.basename(os.path.normpath(args.model or "smollm2-135m-instruct"))
+    manager = engine.core.scheduler.block_manager
+    ready = EngineReady(name, manager.block_size, manager.num_blocks, engine.max_model_len,
+                        tokenizer.backend.to_str(), tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
+    router, pull = engine_addresses(args.engine)
+    print(f"forge-engine: {engine.description}", file=sys.stderr, flush=True)
+    EngineLoop(engine.core, ready, pull, router).run()
+    return 0
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from frontend.launch import set_title
+    from frontend.tokenizer_worker import TokenizerWorker
+
+    worker_id = args.worker_id if args.worker_id is not None else secrets.randbits(31)
+    set_title(f"forge-worker-{worker_id}")
+    TokenizerWorker(worker_id, args.frontend, args.engine).run()
+    return 0
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -48,8 +105,41 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forge", description="Forge LLM inference server")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    _generate_parser(subparsers)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve the OpenAI API: frontend, tokenizer workers and engine")
+    p.add_argument("model", nargs="?", default=None, help="HF directory or .gguf file (default: embedded SmolLM2)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--max-queued-requests", type=int, default=256)
+    _add_engine_options(p)
+    p.set_defaults(run=_run_serve)
+
+    p = sub.add_parser("engine", help="run the engine process (owns the device)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--engine", required=True, help="address to bind, e.g. tcp://0.0.0.0:5555 (uses P and P+1)")
+    _add_engine_options(p)
+    p.set_defaults(run=_run_engine)
+
+    p = sub.add_parser("worker", help="attach one tokenizer worker to a running frontend and engine")
+    p.add_argument("--frontend", required=True, help="the frontend's worker address, e.g. tcp://host:5557")
+    p.add_argument("--engine", required=True, help="the engine's address, e.g. tcp://host:5555")
+    p.add_argument("--worker-id", type=int, default=None, help="unique id (default: random)")
+    p.set_defaults(run=_run_worker)
+
+    p = sub.add_parser("generate", help="generate text in-process and stream it to stdout")
+    p.add_argument("prompt", help="the prompt (with --chat: the user message)")
+    p.add_argument("--model", default=None, help="HF directory or .gguf file (default: embedded SmolLM2)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.set_defaults(run=_run_generate)
     return parser
 
 

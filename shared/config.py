@@ -59,3 +59,39 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def _positive(name: str, value: int) -> None:
     if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendConfig:
+    """The HTTP frontend: where it listens, where workers find it, and its admission limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    worker_address: str = "tcp://127.0.0.1:5557"  # workers connect here
+    max_num_seqs: int = 128  # the engine's running set
+    max_queued_requests: int = 256  # requests beyond that wait in line; more get 429
+    max_body_bytes: int = 8 * 2**20
+
+    def __post_init__(self) -> None:
+        _positive("port", self.port)
+        _positive("max_num_seqs", self.max_num_seqs)
+        if self.max_queued_requests < 0:
+            raise ValueError(f"max_queued_requests must be >= 0, got {self.max_queued_requests!r}")
+        _positive("max_body_bytes", self.max_body_bytes)
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.max_num_seqs + self.max_queued_requests
+
+
+def engine_addresses(address: str) -> tuple[str, str]:
+    """(router, pull) endpoints of the engine named by one address: tcp://H:P serves its ROUTER on
+    P and its PULL on P+1; ipc://PATH on PATH and PATH-pull."""
+    if address.startswith("tcp://"):
+        host, _, port = address[len("tcp://"):].rpartition(":")
+        if not port.isdigit() or not host:
+            raise ValueError(f"engine address must look like tcp://HOST:PORT, got {address!r}")
+        return address, f"tcp://{host}:{int(port) + 1}"
+    if address.startswith("ipc://"):
+        return address, address + "-pull"
+    raise ValueError(f"engine address must start with tcp:// or ipc://, got {address!r}")

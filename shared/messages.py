@@ -94,3 +94,138 @@ class TokenLogprob(msgspec.Struct, array_like=True, frozen=True, gc=False):
     logprob: float
     top_ids: list[int]  # best first
     top_logprobs: list[float]
+
+
+# --- serving: frontend <-> tokenizer workers <-> engine (see DESIGN.md section 1) ---------------
+_WIRE = dict(tag=True, array_like=True, frozen=True, gc=False)
+
+
+class ChatMessage(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    role: str
+    content: str
+
+
+class GenerateRequest(msgspec.Struct, **_WIRE):
+    """Frontend -> worker: one generation (an OpenAI `n` > 1 arrives as n of these).
+    Exactly one of prompt, prompt_ids and messages is set."""
+
+    rid: int
+    params: SamplingParams
+    prompt: str | None = None  # /v1/completions with text
+    prompt_ids: list[int] | None = None  # /v1/completions with token ids
+    messages: list[ChatMessage] | None = None  # /v1/chat/completions
+    stop: list[str] = []  # stop strings: matched on text, never emitted
+    echo: bool = False  # prepend the prompt's text to the first delta
+
+
+class AbortRequest(msgspec.Struct, **_WIRE):
+    """Stop `rid` and free its KV blocks (idempotent; unknown ids are ignored)."""
+
+    rid: int
+
+
+class Shutdown(msgspec.Struct, **_WIRE):
+    pass
+
+
+class EngineRequest(msgspec.Struct, **_WIRE):
+    """Worker -> engine: a tokenized, validated request."""
+
+    rid: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    worker: int  # the tokenizer worker that receives this rid's outputs
+
+
+class Hello(msgspec.Struct, **_WIRE):
+    """Worker or frontend -> engine (on its ROUTER): register for outputs and stats."""
+
+    client_id: int
+    role: str  # "worker" or "frontend"
+
+
+class EngineReady(msgspec.Struct, **_WIRE):
+    """Engine -> client, in answer to Hello: the real capacity."""
+
+    model: str
+    block_size: int
+    num_kv_blocks: int
+    max_model_len: int
+    tokenizer_json: str  # the model's tokenizer (tokenizers' JSON): workers need no model files
+    chat_template: str | None
+    bos_token: str | None
+    eos_token: str | None
+
+
+class EngineStats(msgspec.Struct, **_WIRE):
+    """Engine -> every client, about once a second and on change; doubles as the heartbeat.
+    Counters are totals since start (Prometheus takes rates)."""
+
+    num_running: int
+    num_waiting: int
+    kv_usage: float
+    num_prompt_tokens: int
+    num_generation_tokens: int
+    num_prefix_cache_queries: int
+    num_prefix_cache_hits: int
+    num_preemptions: int
+    cpu_seconds: float
+
+
+class TokenDeltas(msgspec.Struct, **_WIRE):
+    """Engine -> one worker, once per step: parallel lists, one entry per request of that worker
+    that advanced or finished this step."""
+
+    rids: list[int]
+    new_ids: list[list[int]]
+    finish: list[int]  # FinishReason
+    num_prompt_tokens: list[int]
+    num_cached_tokens: list[int]
+    errors: list[str]  # "" unless finish is ERROR
+    logprobs: list[list[TokenLogprob]]  # empty lists unless asked for
+
+
+class TextLogprob(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    token: str
+    logprob: float
+    top_tokens: list[str]
+    top_logprobs: list[float]
+
+
+class TextDeltas(msgspec.Struct, **_WIRE):
+    """Worker -> frontend, once per engine step: parallel lists, one entry per request."""
+
+    rids: list[int]
+    texts: list[str]
+    finish: list[int]  # FinishReason
+    num_prompt_tokens: list[int]
+    num_output_tokens: list[int]  # total so far
+    num_cached_tokens: list[int]
+    errors: list[str]  # "" unless finish is ERROR
+    error_codes: list[int]  # HTTP status for errors: 400 bad input, 500 engine failure; else 0
+    logprobs: list[list[TextLogprob]]
+
+
+class WorkerReady(msgspec.Struct, **_WIRE):
+    """Worker -> frontend: registered with the engine and able to take requests."""
+
+    worker_id: int
+    model: str
+    max_model_len: int
+
+
+class WorkerHeartbeat(msgspec.Struct, **_WIRE):
+    """Worker -> frontend, about once a second, with the engine's latest stats."""
+
+    worker_id: int
+    num_active: int
+    cpu_seconds: float
+    engine: EngineStats | None  # None until the worker has heard from the engine
+
+
+# What each inbox decodes (one pre-built decoder per inbox).
+ToWorker = GenerateRequest | AbortRequest | Shutdown  # from the frontend
+ToEnginePull = EngineRequest | AbortRequest | Shutdown  # from workers (ordered per worker)
+ToEngineRouter = Hello  # registration
+FromEngine = EngineReady | EngineStats | TokenDeltas  # to workers and the frontend
+ToFrontend = WorkerReady | WorkerHeartbeat | TextDeltas  # from workers

@@ -174,6 +174,7 @@ def test_prefix_cache_hit_counts_cached_tokens():
     scheduler.add(twin)
     assert step(scheduler)[0] == [(1, 1)]  # 12 tokens (3 full blocks) from cache
     assert twin.num_cached_tokens == 12
+    assert (scheduler.num_cache_queries, scheduler.num_cache_hits) == (26, 12)
 
 
 actions = st.lists(st.tuples(st.sampled_from(["add", "step", "step", "abort"]), st.integers(1, 40),

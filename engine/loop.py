@@ -1,0 +1,152 @@
+"""The engine process: drain inbox -> step -> publish, the only ZeroMQ user on the engine side.
+
+Workers PUSH requests and aborts to our PULL (one ordered pipe per worker, so an abort never
+overtakes its add). Workers and the frontend register on our ROUTER with Hello; we answer
+EngineReady, send each worker one TokenDeltas per step, and broadcast EngineStats (the heartbeat)
+about once a second. Idle, we block in poll: no busy spinning.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+
+import msgspec
+import zmq
+
+from engine import compute_thread
+from engine.engine_core import EngineCore, RequestDelta
+from shared import ipc
+from shared.messages import (AbortRequest, EngineReady, EngineRequest, EngineStats, FinishReason, Hello, Shutdown,
+                             TokenDeltas, ToEnginePull, ToEngineRouter)
+
+STATS_INTERVAL_S = 1.0
+logger = logging.getLogger("forge.engine")
+
+
+class EngineLoop:
+    def __init__(self, core: EngineCore, ready: EngineReady, pull_address: str, router_address: str) -> None:
+        self.core = core
+        self.ready = ready
+        self.pull_address, self.router_address = pull_address, router_address
+        self.clients: dict[bytes, str] = {}  # identity -> role
+        self.worker_of: dict[int, int] = {}  # rid -> worker id
+        self.num_prompt_tokens = 0
+        self.num_generation_tokens = 0
+        self.stopping = False
+        self.dispatch = {EngineRequest: self._add, AbortRequest: self._abort, Shutdown: self._shutdown}
+
+    def run(self) -> None:
+        """Serve until Shutdown. All model work stays on the compute thread (one OpenMP team)."""
+        compute_thread.run(self._serve)
+
+    def _serve(self) -> None:
+        context = zmq.Context()
+        self.pull = ipc.Inbox(ipc.make_socket(context, zmq.PULL, self.pull_address, bind=True), ToEnginePull)
+        self.router = ipc.Inbox(ipc.make_socket(context, zmq.ROUTER, self.router_address, bind=True),
+                                ToEngineRouter)
+        poller = zmq.Poller()
+        poller.register(self.pull.socket, zmq.POLLIN)
+        poller.register(self.router.socket, zmq.POLLIN)
+        last_stats = 0.0
+        try:
+            while not self.stopping:
+                busy = self.core.has_work()
+                poller.poll(0 if busy else int(STATS_INTERVAL_S * 1000))
+                self._drain()
+                if self.core.has_work():
+                    self._publish(self.core.step())
+                if time.monotonic() - last_stats >= STATS_INTERVAL_S:
+                    self._broadcast(self._stats())
+                    last_stats = time.monotonic()
+        finally:
+            context.destroy(linger=0)
+
+    def _drain(self) -> None:
+        for inbox, handle in ((self.router, self._register), (self.pull, self._handle)):
+            while True:
+                try:
+                    identity, message = inbox.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except msgspec.MsgspecError as exc:  # a malformed message: drop it, keep serving
+                    logger.warning("dropped a malformed message: %s", exc)
+                    continue
+                handle(identity, message)
+
+    def _register(self, identity: bytes, hello: Hello) -> None:
+        self.clients[identity] = hello.role
+        self._send(identity, self.ready)
+
+    def _handle(self, _: None, message: object) -> None:
+        self.dispatch[type(message)](message)
+
+    def _add(self, request: EngineRequest) -> None:
+        self.worker_of[request.rid] = request.worker
+        try:
+            self.core.add_request(request.rid, request.prompt_ids, request.params)
+        except ValueError as exc:  # the worker validates first; this is the last line of defence
+            self._send_to_worker(request.worker, TokenDeltas([request.rid], [[]], [FinishReason.ERROR],
+                                                             [len(request.prompt_ids)], [0], [str(exc)], [[]]))
+            del self.worker_of[request.rid]
+            return
+        self.num_prompt_tokens += len(request.prompt_ids)
+
+    def _abort(self, abort: AbortRequest) -> None:
+        self.core.abort(abort.rid)
+
+    def _shutdown(self, _: Shutdown) -> None:
+        self.stopping = True
+
+    def _publish(self, deltas: list[RequestDelta]) -> None:
+        """One TokenDeltas per worker for this step."""
+        by_worker: dict[int, TokenDeltas] = {}
+        for delta in deltas:
+            worker = self.worker_of.get(delta.rid)
+            if worker is None:
+                continue
+            out = by_worker.get(worker)
+            if out is None:
+                out = by_worker[worker] = TokenDeltas([], [], [], [], [], [], [])
+            request = delta.request
+            out.rids.append(delta.rid)
+            out.new_ids.append(delta.new_token_ids)
+            out.finish.append(int(delta.finish_reason))
+            out.num_prompt_tokens.append(request.prompt_len)
+            out.num_cached_tokens.append(request.num_cached_tokens)
+            out.errors.append(request.error or "")
+            out.logprobs.append(delta.new_logprobs)
+            self.num_generation_tokens += len(delta.new_token_ids)
+            if delta.finish_reason:
+                del self.worker_of[delta.rid]
+        for worker, out in by_worker.items():
+            self._send_to_worker(worker, out)
+
+    def _send_to_worker(self, worker: int, message: TokenDeltas) -> None:
+        if not self._send(ipc.identity_of(worker), message):
+            # The worker is gone: nobody can receive these outputs, so free their KV blocks now.
+            for rid in [rid for rid, w in self.worker_of.items() if w == worker]:
+                self.core.abort(rid)
+
+    def _send(self, identity: bytes, message: msgspec.Struct) -> bool:
+        try:
+            ipc.send(self.router.socket, message, identity)
+            return True
+        except zmq.ZMQError:  # EHOSTUNREACH: that peer disconnected
+            self.clients.pop(identity, None)
+            return False
+
+    def _broadcast(self, stats: EngineStats) -> None:
+        for identity in list(self.clients):
+            self._send(identity, stats)
+
+    def _stats(self) -> EngineStats:
+        scheduler = self.core.scheduler
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return EngineStats(
+            num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
+            kv_usage=scheduler.block_manager.usage, num_prompt_tokens=self.num_prompt_tokens,
+            num_generation_tokens=self.num_generation_tokens,
+            num_prefix_cache_queries=scheduler.num_cache_queries, num_prefix_cache_hits=scheduler.num_cache_hits,
+            num_preemptions=scheduler.num_preemptions, cpu_seconds=usage.ru_utime + usage.ru_stime)

@@ -1,0 +1,196 @@
+"""EngineClient: the frontend's view of the workers, and one stream per request.
+
+Workers connect to our ROUTER and say WorkerReady; each heartbeat carries the engine's latest
+stats (None once the engine has gone quiet). A request goes to the least-loaded live worker and
+stays with it. A worker silent for WORKER_SILENCE_S is dropped and its requests end with an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import time
+from typing import AsyncIterator
+
+import msgspec
+import zmq
+import zmq.asyncio
+
+from shared import ipc
+from shared.messages import (AbortRequest, EngineStats, FinishReason, GenerateRequest, TextDeltas, TextLogprob,
+                             ToFrontend, WorkerHeartbeat, WorkerReady)
+
+WORKER_SILENCE_S = 3.0
+logger = logging.getLogger("forge.frontend")
+
+
+class Unavailable(Exception):
+    """No engine or no live worker: answer 503."""
+
+
+class QueueFull(Exception):
+    """Admission control: answer 429."""
+
+
+@dataclasses.dataclass
+class StreamEvent:
+    """What one engine step added to one request."""
+
+    text: str
+    finish: FinishReason
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int
+    error: str
+    error_code: int
+    logprobs: list[TextLogprob]
+
+
+@dataclasses.dataclass
+class Worker:
+    worker_id: int
+    identity: bytes
+    model: str
+    max_model_len: int
+    last_seen_s: float
+    num_in_flight: int = 0
+    num_requests_total: int = 0
+    cpu_seconds: float = 0.0
+
+
+class RequestStream:
+    """Async iterator of StreamEvents for one rid; `close()` aborts it if still running."""
+
+    def __init__(self, client: EngineClient, rid: int, worker: Worker) -> None:
+        self.client, self.rid, self.worker = client, rid, worker
+        self.queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self.finished = False
+        self.wants_logprobs = False
+
+    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        while not self.finished:
+            event = await self.queue.get()
+            if event.finish:
+                self.finished = True
+            yield event
+
+    def close(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.client.abort(self)
+        self.client.forget(self)
+
+
+class EngineClient:
+    def __init__(self, address: str, max_in_flight: int) -> None:
+        self.address = address
+        self.max_in_flight = max_in_flight
+        self.workers: dict[int, Worker] = {}
+        self.streams: dict[int, RequestStream] = {}
+        self.engine_stats: EngineStats | None = None
+        self.engine_stats_s = 0.0
+        self.dead_worker_cpu_seconds = 0.0
+        self._rids = itertools.count(1)
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.context = zmq.asyncio.Context()
+        self.inbox = ipc.Inbox(ipc.make_socket(self.context, zmq.ROUTER, self.address, bind=True), ToFrontend)
+        self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch_workers())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.context.destroy(linger=0)
+
+    @property
+    def is_ready(self) -> bool:
+        return bool(self.workers) and self.engine_stats is not None
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self.streams)
+
+    def submit(self, make_request: callable) -> RequestStream:
+        """Send `make_request(rid)` (a GenerateRequest) to the least-loaded live worker."""
+        if not self.is_ready:
+            raise Unavailable("the engine or its tokenizer workers are not ready")
+        if len(self.streams) >= self.max_in_flight:
+            raise QueueFull(f"the server is at capacity ({self.max_in_flight} requests in flight); retry later")
+        worker = min(self.workers.values(), key=lambda w: (w.num_in_flight, w.num_requests_total))
+        rid = next(self._rids)
+        request: GenerateRequest = make_request(rid)
+        stream = RequestStream(self, rid, worker)
+        stream.wants_logprobs = request.params.logprobs is not None
+        self.streams[rid] = stream
+        worker.num_in_flight += 1
+        worker.num_requests_total += 1
+        ipc.send(self.inbox.socket, request, worker.identity)
+        return stream
+
+    def abort(self, stream: RequestStream) -> None:
+        if stream.worker.worker_id in self.workers:
+            try:
+                ipc.send(self.inbox.socket, AbortRequest(stream.rid), stream.worker.identity)
+            except zmq.ZMQError:  # the worker just went away; its requests are failing anyway
+                pass
+
+    def forget(self, stream: RequestStream) -> None:
+        if self.streams.pop(stream.rid, None) is not None:
+            stream.worker.num_in_flight -= 1
+
+    # --- receiving -------------------------------------------------------------------------------
+    async def _receive(self) -> None:
+        while True:
+            try:
+                identity, message = await self.inbox.recv_async()
+            except msgspec.MsgspecError as exc:
+                logger.warning("dropped a malformed message: %s", exc)
+                continue
+            worker_id = ipc.client_id_of(identity)
+            if isinstance(message, WorkerReady):
+                self.workers[worker_id] = Worker(worker_id, identity, message.model, message.max_model_len,
+                                                 time.monotonic())
+                logger.info("tokenizer worker %d ready", worker_id)
+                continue
+            worker = self.workers.get(worker_id)
+            if worker is None:
+                continue  # not registered (or already declared dead)
+            worker.last_seen_s = time.monotonic()
+            if isinstance(message, WorkerHeartbeat):
+                worker.cpu_seconds = message.cpu_seconds
+                self._note_engine(message.engine)
+            elif isinstance(message, TextDeltas):
+                self._route(message)
+
+    def _note_engine(self, stats: EngineStats | None) -> None:
+        if stats is not None:
+            self.engine_stats, self.engine_stats_s = stats, time.monotonic()
+
+    def _route(self, deltas: TextDeltas) -> None:
+        for i, rid in enumerate(deltas.rids):
+            stream = self.streams.get(rid)
+            if stream is None:
+                continue
+            stream.queue.put_nowait(StreamEvent(
+                deltas.texts[i], FinishReason(deltas.finish[i]), deltas.num_prompt_tokens[i],
+                deltas.num_output_tokens[i], deltas.num_cached_tokens[i], deltas.errors[i],
+                deltas.error_codes[i], deltas.logprobs[i]))
+
+    async def _watch_workers(self) -> None:
+        """Drop silent workers (failing their requests) and forget a silent engine."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for worker in [w for w in self.workers.values() if now - w.last_seen_s > WORKER_SILENCE_S]:
+                logger.warning("tokenizer worker %d stopped responding; failing its requests", worker.worker_id)
+                del self.workers[worker.worker_id]
+                self.dead_worker_cpu_seconds += worker.cpu_seconds
+                for stream in [s for s in self.streams.values() if s.worker is worker]:
+                    stream.queue.put_nowait(StreamEvent("", FinishReason.ERROR, 0, 0, 0,
+                                                        "the tokenizer worker serving this request died", 503, []))
+            if self.engine_stats is not None and now - self.engine_stats_s > WORKER_SILENCE_S:
+                self.engine_stats = None

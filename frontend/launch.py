@@ -1,0 +1,104 @@
+"""`forge serve`: start the engine and N tokenizer workers as child processes, then serve HTTP here.
+
+Children die with the launcher (PR_SET_PDEATHSIG), and Ctrl-C or SIGTERM stops every child:
+nothing is left orphaned. Local stacks talk over ipc:// sockets in a per-launch temp dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from aiohttp import web
+
+from frontend.server import CLIENT, make_app
+from shared.config import FrontendConfig
+
+READY_TIMEOUT_S = 300.0
+logger = logging.getLogger("forge.launch")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "frontend.cli", *args], preexec_fn=_die_with_parent)
+
+
+def stop_children(children: list[subprocess.Popen], grace_s: float = 5.0) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        try:
+            child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+async def _serve_http(config: FrontendConfig, children: list[subprocess.Popen], model_label: str) -> None:
+    app = make_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True)  # a client that leaves cancels its handler
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        started = time.monotonic()
+        while not app[CLIENT].is_ready:
+            if any(c.poll() is not None for c in children):
+                raise SystemExit("forge: a child process exited during start-up")
+            if time.monotonic() - started > READY_TIMEOUT_S:
+                raise SystemExit("forge: the engine did not become ready in time")
+            await asyncio.sleep(0.05)
+        print(f"forge: serving {model_label} on http://{config.host}:{config.port}", flush=True)
+        while not stop.is_set():
+            if any(c.poll() is not None for c in children if c is children[0]):
+                logger.error("the engine exited; shutting down")
+                break
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        await runner.cleanup()
+
+
+def serve(model: str | None, config: FrontendConfig, num_workers: int, engine_args: list[str]) -> int:
+    run_dir = tempfile.mkdtemp(prefix="forge-")
+    engine_address = f"ipc://{run_dir}/engine"
+    config = FrontendConfig(**{**config.__dict__, "worker_address": f"ipc://{run_dir}/workers"})
+    model_args = ["--model", model] if model else []
+    children = [spawn(["engine", *model_args, "--engine", engine_address, *engine_args])]
+    children += [spawn(["worker", "--frontend", config.worker_address, "--engine", engine_address,
+                        "--worker-id", str(i)]) for i in range(1, num_workers + 1)]
+    try:
+        asyncio.run(_serve_http(config, children, model or "the embedded default model"))
+    finally:
+        stop_children(children)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return 0
+
+
+def set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+    os.environ["FORGE_ROLE"] = title

@@ -1,0 +1,198 @@
+"""OpenAI request parsing and validation, and the response / SSE chunk shapes.
+
+Requests are decoded straight from bytes into strict msgspec structs: a wrong type or an unknown
+field is a 400 naming the field. Fields OpenAI defines that Forge does not implement are
+accepted only at their neutral values.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Union
+
+import msgspec
+
+from shared.messages import ChatMessage, SamplingParams
+
+MAX_N = 16
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.kind = kind or {400: "BadRequestError", 404: "NotFoundError", 413: "RequestTooLargeError",
+                             429: "RateLimitError", 503: "ServiceUnavailableError"}.get(status, "InternalServerError")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+
+
+class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
+    include_usage: bool = False
+
+
+class ContentPart(msgspec.Struct, forbid_unknown_fields=True):
+    type: str
+    text: str = ""
+
+
+class InMessage(msgspec.Struct, forbid_unknown_fields=True):
+    role: str
+    content: Union[str, list[ContentPart], None] = None
+    name: str | None = None
+
+
+class _Common(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    model: str
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: Union[str, list[str], None] = None
+    seed: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    user: str | None = None
+    logit_bias: dict[str, float] | None = None
+    # Extensions (vLLM names)
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    stop_token_ids: list[int] = []
+
+
+class CompletionRequest(_Common, kw_only=True):
+    prompt: Union[str, list[Union[str, int, list[int]]]]  # a text, texts, token ids, or lists of ids
+    max_tokens: int | None = 16
+    echo: bool = False
+    logprobs: int | None = None
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+class ChatRequest(_Common, kw_only=True):
+    messages: list[InMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+
+def decode(body: bytes, kind: type) -> Any:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        match = re.search(r"at `\$\.([A-Za-z_]+)", str(exc)) or re.search(r"unknown field `([^`]+)`", str(exc))
+        raise ApiError(400, f"invalid request: {exc}", match.group(1) if match else None) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+
+
+def sampling_params(request: _Common, max_tokens: int | None, logprobs: int | None, max_model_len: int,
+                    index: int) -> SamplingParams:
+    """Choice `index` of the request: with a seed, choice i uses seed + i (distinct, reproducible)."""
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens if max_tokens is not None else max_model_len, temperature=request.temperature,
+            top_p=request.top_p, top_k=request.top_k, min_p=request.min_p,
+            repetition_penalty=request.repetition_penalty, presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            seed=None if request.seed is None else request.seed + index, stop_token_ids=request.stop_token_ids,
+            ignore_eos=request.ignore_eos, min_tokens=request.min_tokens, logprobs=logprobs)
+    except ValueError as exc:
+        field = re.search(r"SamplingParams\.(\w+)", str(exc))
+        raise ApiError(400, str(exc).replace("SamplingParams.", ""), field.group(1) if field else None) from None
+
+
+def check_common(request: _Common) -> None:
+    """Request-level rules, checked before any work is submitted."""
+    _require(1 <= request.n <= MAX_N, "n", f"n must be between 1 and {MAX_N}")
+    _require(not request.logit_bias, "logit_bias", "logit_bias is not supported")
+    _require(request.stream or request.stream_options is None, "stream_options",
+             "stream_options is only allowed with stream=true")
+
+
+def stop_strings(request: _Common) -> list[str]:
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    _require(len(stop) <= 16, "stop", "at most 16 stop strings")
+    return stop
+
+
+def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:
+    _require(request.suffix is None, "suffix", "suffix is not supported")
+    _require(request.best_of in (None, 1), "best_of", "best_of is not supported")
+    _require(request.logprobs is None or 0 <= request.logprobs <= 5, "logprobs", "logprobs must be in [0, 5]")
+    prompt = request.prompt
+    if isinstance(prompt, str) or all(isinstance(p, int) for p in prompt):
+        prompts = [prompt]
+    else:
+        _require(all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt), "prompt",
+                 "prompt must be a string, a list of strings, a list of token ids or a list of such lists")
+        prompts = list(prompt)
+    _require(bool(prompts) and all(len(p) > 0 for p in prompts), "prompt", "the prompt is empty")
+    _require(len(prompts) * request.n <= MAX_N * 4, "prompt", "too many prompts in one request")
+    return prompts
+
+
+def chat_messages(request: ChatRequest) -> list[ChatMessage]:
+    _require(bool(request.messages), "messages", "messages must not be empty")
+    _require(request.top_logprobs is None or 0 <= request.top_logprobs <= 20, "top_logprobs",
+             "top_logprobs must be in [0, 20]")
+    messages = []
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, list):
+            _require(all(p.type == "text" for p in content), "messages", "only text content parts are supported")
+            content = "".join(p.text for p in content)
+        messages.append(ChatMessage(message.role, content or ""))
+    return messages
+
+
+def _require(ok: bool, param: str, message: str) -> None:
+    if not ok:
+        raise ApiError(400, message, param)
+
+
+# --- responses -----------------------------------------------------------------------------------
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def envelope(rid: int, kind: str, model: str, choices: list[dict], **extra: Any) -> dict[str, Any]:
+    prefix = "chatcmpl" if kind.startswith("chat") else "cmpl"
+    return {"id": f"{prefix}-{rid}", "object": kind, "created": int(time.time()), "model": model,
+            "choices": choices, **extra}
+
+
+def completion_logprobs(entries: list, text_offset: int) -> dict[str, Any]:
+    """The legacy completions logprobs object."""
+    tokens = [e.token for e in entries]
+    offsets, position = [], text_offset
+    for token in tokens:
+        offsets.append(position)
+        position += len(token)
+    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [dict(zip(e.top_tokens, e.top_logprobs)) for e in entries], "text_offset": offsets}
+
+
+def chat_logprobs(entries: list) -> dict[str, Any]:
+    def item(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return {"content": [dict(item(e.token, e.logprob),
+                             top_logprobs=[item(t, lp) for t, lp in zip(e.top_tokens, e.top_logprobs)])
+                        for e in entries]}
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + msgspec.json.encode(payload) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"

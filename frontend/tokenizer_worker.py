@@ -1,0 +1,207 @@
+"""A tokenizer worker process: text in, tokens to the engine; tokens back, text to the frontend.
+
+It connects to both binders (frontend ROUTER, engine PULL and ROUTER), so more workers can be
+attached at any time from any host. It is sticky: the worker that tokenized a request also
+detokenizes it, so detokenizer and stop-string state live in exactly one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import time
+
+import msgspec
+import zmq
+
+from engine.tokenizer import Tokenizer
+from frontend.text_stream import TextStream
+from shared import ipc
+from shared.config import engine_addresses
+from shared.messages import (AbortRequest, EngineReady, EngineRequest, EngineStats, FinishReason, FromEngine,
+                             GenerateRequest, Hello, Shutdown, TextDeltas, TextLogprob, TokenDeltas,
+                             TokenLogprob, ToWorker, WorkerHeartbeat, WorkerReady)
+
+HEARTBEAT_S = 1.0
+ENGINE_SILENCE_S = 3.0  # no stats for this long: the engine is gone
+logger = logging.getLogger("forge.worker")
+
+
+@dataclasses.dataclass
+class _Active:
+    text: TextStream
+    echo: str  # prompt text still to prepend (echo=True), else ""
+    num_output_tokens: int = 0
+    wants_logprobs: bool = False
+
+
+class TokenizerWorker:
+    def __init__(self, worker_id: int, frontend_address: str, engine_address: str) -> None:
+        self.worker_id = worker_id
+        self.tokenizer: Tokenizer | None = None  # arrives with EngineReady
+        router_address, pull_address = engine_addresses(engine_address)
+        self.addresses = (frontend_address, pull_address, router_address)
+        self.active: dict[int, _Active] = {}
+        self.engine_ready: EngineReady | None = None
+        self.engine_stats: EngineStats | None = None
+        self.last_engine_s = time.monotonic()
+        self.stopping = False
+
+    def run(self) -> None:
+        context = zmq.Context()
+        identity = ipc.identity_of(self.worker_id)
+        frontend_address, pull_address, router_address = self.addresses
+        self.frontend = ipc.Inbox(ipc.make_socket(context, zmq.DEALER, frontend_address, False, identity), ToWorker)
+        self.to_engine = ipc.make_socket(context, zmq.PUSH, pull_address, bind=False)
+        self.engine = ipc.Inbox(ipc.make_socket(context, zmq.DEALER, router_address, False, identity), FromEngine)
+        try:
+            self._register()
+            self._serve()
+        finally:
+            context.destroy(linger=0)
+
+    def _register(self) -> None:
+        """Hello to the engine until it answers, then WorkerReady to the frontend."""
+        while self.engine_ready is None:
+            ipc.send(self.engine.socket, Hello(self.worker_id, "worker"))
+            if self.engine.socket.poll(1000):
+                _, message = self.engine.recv()
+                if isinstance(message, EngineReady):
+                    self.engine_ready = message
+                    self.tokenizer = Tokenizer.from_json(message.tokenizer_json, message.chat_template,
+                                                         message.bos_token, message.eos_token)
+        self.last_engine_s = time.monotonic()
+        ipc.send(self.frontend.socket, WorkerReady(self.worker_id, self.engine_ready.model,
+                                                   self.engine_ready.max_model_len))
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.frontend.socket, zmq.POLLIN)
+        poller.register(self.engine.socket, zmq.POLLIN)
+        last_beat = 0.0
+        while not self.stopping:
+            ready = dict(poller.poll(int(HEARTBEAT_S * 1000)))
+            if self.engine.socket in ready:
+                self._drain(self.engine, self._from_engine)
+            if self.frontend.socket in ready:
+                self._drain(self.frontend, self._from_frontend)
+            now = time.monotonic()
+            if now - self.last_engine_s > ENGINE_SILENCE_S and self.active:
+                self._fail_all("the engine stopped responding", 503)
+            if now - last_beat >= HEARTBEAT_S:
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                engine = self.engine_stats if now - self.last_engine_s <= ENGINE_SILENCE_S else None
+                ipc.send(self.frontend.socket, WorkerHeartbeat(self.worker_id, len(self.active),
+                                                               usage.ru_utime + usage.ru_stime, engine))
+                last_beat = now
+
+    @staticmethod
+    def _drain(inbox: ipc.Inbox, handle) -> None:
+        while True:
+            try:
+                _, message = inbox.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except msgspec.MsgspecError as exc:
+                logger.warning("dropped a malformed message: %s", exc)
+                continue
+            handle(message)
+
+    # --- frontend -> worker ----------------------------------------------------------------------
+    def _from_frontend(self, message: object) -> None:
+        if isinstance(message, GenerateRequest):
+            self._start(message)
+        elif isinstance(message, AbortRequest):
+            if self.active.pop(message.rid, None) is not None:
+                ipc.send(self.to_engine, message)
+        elif isinstance(message, Shutdown):
+            self.stopping = True
+
+    def _start(self, request: GenerateRequest) -> None:
+        try:
+            prompt_ids, prompt_text = self._tokenize(request)
+            self._check_limits(prompt_ids, request.params.max_tokens)
+        except ValueError as exc:
+            self._send_text(TextDeltas([request.rid], [""], [FinishReason.ERROR], [0], [0], [0], [str(exc)], [400],
+                                       [[]]))
+            return
+        self.active[request.rid] = _Active(TextStream(self.tokenizer, request.stop),
+                                           prompt_text if request.echo else "",
+                                           wants_logprobs=request.params.logprobs is not None)
+        ipc.send(self.to_engine, EngineRequest(request.rid, prompt_ids, request.params, self.worker_id))
+
+    def _tokenize(self, request: GenerateRequest) -> tuple[list[int], str]:
+        if request.messages is not None:
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            return self.tokenizer.encode(text, add_special_tokens=False), text
+        if request.prompt is not None:
+            return self.tokenizer.encode(request.prompt), request.prompt
+        ids = list(request.prompt_ids or [])
+        vocab_size = self.tokenizer.vocab_size
+        if any(not 0 <= t < vocab_size for t in ids):
+            raise ValueError(f"prompt has token ids outside the vocabulary [0, {vocab_size})")
+        return ids, self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _check_limits(self, prompt_ids: list[int], max_tokens: int) -> None:
+        limit = self.engine_ready.max_model_len
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) + max_tokens > limit:
+            raise ValueError(f"this model's maximum context length is {limit} tokens; the request asks for "
+                             f"{len(prompt_ids) + max_tokens} ({len(prompt_ids)} in the prompt, {max_tokens} "
+                             "to generate)")
+
+    # --- engine -> worker -------------------------------------------------------------------------
+    def _from_engine(self, message: object) -> None:
+        self.last_engine_s = time.monotonic()
+        if isinstance(message, EngineStats):
+            self.engine_stats = message
+        elif isinstance(message, TokenDeltas):
+            self._on_tokens(message)
+
+    def _on_tokens(self, deltas: TokenDeltas) -> None:
+        out = TextDeltas([], [], [], [], [], [], [], [], [])
+        for i, rid in enumerate(deltas.rids):
+            state = self.active.get(rid)
+            if state is None:  # aborted here already
+                continue
+            finish = FinishReason(deltas.finish[i])
+            text = state.echo + state.text.push(deltas.new_ids[i])
+            state.echo = ""
+            state.num_output_tokens += len(deltas.new_ids[i])
+            if state.text.stopped and not finish:
+                ipc.send(self.to_engine, AbortRequest(rid))  # free its KV now; text is complete
+                finish = FinishReason.STOP
+            elif finish:
+                text += state.text.finish()
+            if finish:
+                del self.active[rid]
+            error = deltas.errors[i]
+            out.rids.append(rid)
+            out.texts.append(text)
+            out.finish.append(int(finish))
+            out.num_prompt_tokens.append(deltas.num_prompt_tokens[i])
+            out.num_output_tokens.append(state.num_output_tokens)
+            out.num_cached_tokens.append(deltas.num_cached_tokens[i])
+            out.errors.append(error)
+            out.error_codes.append((400 if "context" in error else 500) if error else 0)
+            out.logprobs.append([self._text_logprob(e) for e in deltas.logprobs[i]] if state.wants_logprobs else [])
+        if out.rids:
+            self._send_text(out)
+
+    def _text_logprob(self, entry: TokenLogprob) -> TextLogprob:
+        decode = self.tokenizer.decode
+        return TextLogprob(decode([entry.token_id], skip_special_tokens=False), entry.logprob,
+                           [decode([t], skip_special_tokens=False) for t in entry.top_ids], entry.top_logprobs)
+
+    def _fail_all(self, reason: str, code: int) -> None:
+        rids = list(self.active)
+        self.active.clear()
+        n = len(rids)
+        self._send_text(TextDeltas(rids, [""] * n, [FinishReason.ERROR] * n, [0] * n, [0] * n, [0] * n,
+                                   [reason] * n, [code] * n, [[] for _ in rids]))
+
+    def _send_text(self, deltas: TextDeltas) -> None:
+        ipc.send(self.frontend.socket, deltas)
