@@ -21,7 +21,8 @@ from shared import ipc
 from shared.messages import (AbortRequest, EngineReady, EngineRequest, EngineStats, FinishReason, Hello, Shutdown,
                              TokenDeltas, ToEnginePull, ToEngineRouter)
 
-STATS_INTERVAL_S = 1.0
+STATS_INTERVAL_S = 1.0  # heartbeat: stats go out at least this often
+STATS_MIN_GAP_S = 0.1  # and on change, at most this often
 logger = logging.getLogger("forge.engine")
 
 
@@ -49,17 +50,20 @@ class EngineLoop:
         poller = zmq.Poller()
         poller.register(self.pull.socket, zmq.POLLIN)
         poller.register(self.router.socket, zmq.POLLIN)
-        last_stats = 0.0
+        last_stats_s, last_stats = 0.0, None
         try:
             while not self.stopping:
-                busy = self.core.has_work()
-                poller.poll(0 if busy else int(STATS_INTERVAL_S * 1000))
+                stats = self._stats()
+                since = time.monotonic() - last_stats_s
+                changed = _load(stats) != _load(last_stats)
+                if since >= STATS_INTERVAL_S or (changed and since >= STATS_MIN_GAP_S):
+                    self._broadcast(stats)
+                    last_stats_s, last_stats, changed = time.monotonic(), stats, False
+                idle_wait_s = STATS_MIN_GAP_S if changed else STATS_INTERVAL_S
+                poller.poll(0 if self.core.has_work() else int(idle_wait_s * 1000))
                 self._drain()
                 if self.core.has_work():
                     self._publish(self.core.step())
-                if time.monotonic() - last_stats >= STATS_INTERVAL_S:
-                    self._broadcast(self._stats())
-                    last_stats = time.monotonic()
         finally:
             context.destroy(linger=0)
 
@@ -150,3 +154,8 @@ class EngineLoop:
             num_generation_tokens=self.num_generation_tokens,
             num_prefix_cache_queries=scheduler.num_cache_queries, num_prefix_cache_hits=scheduler.num_cache_hits,
             num_preemptions=scheduler.num_preemptions, cpu_seconds=usage.ru_utime + usage.ru_stime)
+
+
+def _load(stats: EngineStats | None) -> tuple | None:
+    """The part of the stats whose change is worth an immediate broadcast."""
+    return None if stats is None else (stats.num_running, stats.num_waiting, stats.kv_usage)

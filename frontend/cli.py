@@ -40,8 +40,9 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     launch.set_title("forge-frontend")
     config = FrontendConfig(host=args.host, port=args.port, max_num_seqs=args.max_num_seqs,
-                            max_queued_requests=args.max_queued_requests)
-    return launch.serve(args.model, config, args.workers, _engine_options(args))
+                            max_queued_requests=args.max_queued_requests,
+                            **({"worker_address": args.worker_address} if args.worker_address else {}))
+    return launch.serve(args.model, config, args.workers, _engine_options(args), args.engine_address)
 
 
 def _run_engine(args: argparse.Namespace) -> int:
@@ -113,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-queued-requests", type=int, default=256)
+    p.add_argument("--worker-address", default=None,
+                   help="where workers reach the frontend (default: ipc:// in a temp dir); tcp://H:P to attach more")
+    p.add_argument("--engine-address", default=None,
+                   help="where the engine binds (default: ipc:// in a temp dir); tcp://H:P uses P and P+1")
     _add_engine_options(p)
     p.set_defaults(run=_run_serve)
 

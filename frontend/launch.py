@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import dataclasses
 import logging
 import os
 import shutil
@@ -79,10 +80,13 @@ async def _serve_http(config: FrontendConfig, children: list[subprocess.Popen], 
         await runner.cleanup()
 
 
-def serve(model: str | None, config: FrontendConfig, num_workers: int, engine_args: list[str]) -> int:
+def serve(model: str | None, config: FrontendConfig, num_workers: int, engine_args: list[str],
+          engine_address: str | None = None) -> int:
+    """Without explicit addresses the stack talks over ipc:// sockets in a fresh temp dir."""
     run_dir = tempfile.mkdtemp(prefix="forge-")
-    engine_address = f"ipc://{run_dir}/engine"
-    config = FrontendConfig(**{**config.__dict__, "worker_address": f"ipc://{run_dir}/workers"})
+    engine_address = engine_address or f"ipc://{run_dir}/engine"
+    if config.worker_address == FrontendConfig.worker_address:
+        config = dataclasses.replace(config, worker_address=f"ipc://{run_dir}/workers")
     model_args = ["--model", model] if model else []
     children = [spawn(["engine", *model_args, "--engine", engine_address, *engine_args])]
     children += [spawn(["worker", "--frontend", config.worker_address, "--engine", engine_address,

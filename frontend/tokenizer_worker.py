@@ -46,6 +46,7 @@ class TokenizerWorker:
         self.engine_ready: EngineReady | None = None
         self.engine_stats: EngineStats | None = None
         self.last_engine_s = time.monotonic()
+        self.stats_changed = False
         self.stopping = False
 
     def run(self) -> None:
@@ -89,12 +90,12 @@ class TokenizerWorker:
             now = time.monotonic()
             if now - self.last_engine_s > ENGINE_SILENCE_S and self.active:
                 self._fail_all("the engine stopped responding", 503)
-            if now - last_beat >= HEARTBEAT_S:
+            if now - last_beat >= HEARTBEAT_S or self.stats_changed:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 engine = self.engine_stats if now - self.last_engine_s <= ENGINE_SILENCE_S else None
                 ipc.send(self.frontend.socket, WorkerHeartbeat(self.worker_id, len(self.active),
                                                                usage.ru_utime + usage.ru_stime, engine))
-                last_beat = now
+                last_beat, self.stats_changed = now, False
 
     @staticmethod
     def _drain(inbox: ipc.Inbox, handle) -> None:
@@ -157,7 +158,7 @@ class TokenizerWorker:
     def _from_engine(self, message: object) -> None:
         self.last_engine_s = time.monotonic()
         if isinstance(message, EngineStats):
-            self.engine_stats = message
+            self.engine_stats, self.stats_changed = message, True  # relay at once
         elif isinstance(message, TokenDeltas):
             self._on_tokens(message)
 

@@ -1,0 +1,96 @@
+"""Disconnects, overload, and workers attached and killed at run time."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import openai
+import pytest
+
+from tests.e2e.conftest import MODEL
+from tests.e2e.stack import Stack, forge
+
+LONG = {"max_tokens": 400, "extra_body": {"ignore_eos": True}}
+
+
+def _idle(stack: Stack) -> bool:
+    return (stack.metric("forge:num_requests_running") == 0 and stack.metric("forge:num_requests_waiting") == 0
+            and stack.metric("forge:kv_cache_usage_perc") == 0)
+
+
+def test_a_client_that_disconnects_mid_stream_is_aborted_within_a_second(stack, client):
+    stream = client.completions.create(model=MODEL, prompt="Tell me a long story.", stream=True, **LONG)
+    for i, _ in enumerate(stream):
+        if i == 3:
+            break
+    assert stack.metric("forge:num_requests_running") == 1
+    stream.close()
+    left = time.monotonic()
+    assert stack.wait_for(lambda: _idle(stack), timeout_s=1.0), "the request kept running after the client left"
+    assert time.monotonic() - left <= 1.0
+
+
+def test_200_concurrent_streams_against_a_queue_of_50_all_end(stack):
+    """The stack runs 128 requests and queues 50 more: the rest get 429 at once, none hangs."""
+    async def one(client: openai.AsyncOpenAI, i: int) -> str:
+        try:
+            stream = await client.completions.create(model=MODEL, prompt=f"Count to {i}:", max_tokens=8,
+                                                     stream=True, extra_body={"ignore_eos": True})
+            text = "".join([c.choices[0].text async for c in stream])
+            return "ok" if text else "empty"
+        except openai.RateLimitError:
+            return "429"
+
+    async def run() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0,
+                                      timeout=300) as client:
+            return await asyncio.wait_for(asyncio.gather(*(one(client, i) for i in range(200))), timeout=600)
+
+    outcomes = asyncio.run(run())
+    assert set(outcomes) <= {"ok", "429"}
+    assert outcomes.count("429") >= 200 - 178 and outcomes.count("ok") >= 100
+    assert stack.wait_for(lambda: _idle(stack), timeout_s=3.0)
+
+
+@pytest.fixture(scope="module")
+def two_worker_stack():
+    server = Stack("--dtype", "bfloat16")
+    yield server
+    server.stop()
+
+
+def test_a_worker_attached_at_run_time_takes_requests_and_its_death_is_survived(two_worker_stack):
+    stack = two_worker_stack
+    extra = forge("worker", "--frontend", stack.worker_address, "--engine", stack.engine_address,
+                  "--worker-id", "77")
+    try:
+        assert stack.wait_for(lambda: stack.metric("forge:tokenizer_workers") == 2, timeout_s=30)
+        client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        for _ in range(4):
+            client.completions.create(model=MODEL, prompt="Hello", max_tokens=2)
+        assert stack.metric('forge:worker_requests_total{worker="1"}') >= 1
+        assert stack.metric('forge:worker_requests_total{worker="77"}') >= 1
+
+        streams = [client.completions.create(model=MODEL, prompt=f"Story {i}:", stream=True, **LONG)
+                   for i in range(4)]  # spread over both workers
+        for s in streams:
+            next(iter(s))
+        extra.send_signal(signal.SIGKILL)
+        outcomes = []
+        for s in streams:
+            try:
+                text = "".join(c.choices[0].text for c in s)
+                outcomes.append("complete" if text else "empty")
+            except openai.APIError as exc:
+                outcomes.append("error: " + str(exc))
+        assert any(o.startswith("error") and "worker" in o for o in outcomes), outcomes
+        assert all(o == "complete" or o.startswith("error") for o in outcomes), outcomes
+        assert stack.wait_for(lambda: stack.metric("forge:tokenizer_workers") == 1, timeout_s=10)
+        answer = client.completions.create(model=MODEL, prompt="Hello", max_tokens=3)
+        assert answer.choices[0].finish_reason == "length"
+        assert stack.wait_for(lambda: _idle(stack), timeout_s=3.0), "the dead worker's KV blocks were not freed"
+    finally:
+        extra.kill()
+        extra.wait()
