@@ -19,7 +19,7 @@ from engine import compute_thread
 from engine.block_manager import BlockManager
 from engine.completion import Completion
 from engine.detokenizer import IncrementalDetokenizer
-from engine.device import resolve_dtype
+from engine.device import resolve_device, resolve_dtype
 from engine.engine_core import EngineCore, RequestDelta
 from engine.llama import Llama
 from engine.loaders import Checkpoint, open_checkpoint
@@ -64,7 +64,7 @@ class InferenceEngine:
     def _build(cls, checkpoint: Checkpoint, config: EngineConfig) -> InferenceEngine:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        device = torch.device(config.device)
+        device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         model_config = checkpoint.config
         max_model_len = min(config.max_model_len or model_config.max_position_embeddings,

@@ -81,7 +81,8 @@ class EngineLoop:
 
     def _register(self, identity: bytes, hello: Hello) -> None:
         self.clients[identity] = hello.role
-        self._send(identity, self.ready)
+        if self._send(identity, self.ready):
+            self._send(identity, self._stats())  # the newcomer can report the engine alive at once
 
     def _handle(self, _: None, message: object) -> None:
         self.dispatch[type(message)](message)

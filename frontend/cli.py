@@ -12,7 +12,7 @@ from shared.messages import SamplingParams
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when torch sees a GPU)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=128)
@@ -43,6 +43,16 @@ def _run_serve(args: argparse.Namespace) -> int:
                             max_queued_requests=args.max_queued_requests,
                             **({"worker_address": args.worker_address} if args.worker_address else {}))
     return launch.serve(args.model, config, args.workers, _engine_options(args), args.engine_address)
+
+
+def _run_frontend(args: argparse.Namespace) -> int:
+    from frontend import launch
+    from shared.config import FrontendConfig
+
+    launch.set_title("forge-frontend")
+    config = FrontendConfig(host=args.host, port=args.port, worker_address=args.worker_address,
+                            max_num_seqs=args.max_num_seqs, max_queued_requests=args.max_queued_requests)
+    return launch.serve_frontend(config)
 
 
 def _run_engine(args: argparse.Namespace) -> int:
@@ -120,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the engine binds (default: ipc:// in a temp dir); tcp://H:P uses P and P+1")
     _add_engine_options(p)
     p.set_defaults(run=_run_serve)
+
+    p = sub.add_parser("frontend", help="run the HTTP frontend alone; workers attach to --worker-address")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--worker-address", default="tcp://127.0.0.1:5557")
+    p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument("--max-queued-requests", type=int, default=256)
+    p.set_defaults(run=_run_frontend)
 
     p = sub.add_parser("engine", help="run the engine process (owns the device)")
     p.add_argument("--model", default=None)

@@ -69,7 +69,7 @@ async def _serve_http(config: FrontendConfig, children: list[subprocess.Popen], 
             await asyncio.sleep(0.05)
         print(f"forge: serving {model_label} on http://{config.host}:{config.port}", flush=True)
         while not stop.is_set():
-            if any(c.poll() is not None for c in children if c is children[0]):
+            if children and children[0].poll() is not None:
                 logger.error("the engine exited; shutting down")
                 break
             try:
@@ -96,6 +96,12 @@ def serve(model: str | None, config: FrontendConfig, num_workers: int, engine_ar
     finally:
         stop_children(children)
         shutil.rmtree(run_dir, ignore_errors=True)
+    return 0
+
+
+def serve_frontend(config: FrontendConfig) -> int:
+    """The HTTP frontend alone: workers and the engine run elsewhere (docker-compose, other hosts)."""
+    asyncio.run(_serve_http(config, [], "the model of the attached engine"))
     return 0
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-_DEVICES = ("cpu", "cuda")
+_DEVICES = ("cpu", "cuda", "auto")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _KERNELS = ("auto", "ref")
 
