@@ -20,7 +20,7 @@ import zmq.asyncio
 
 from shared import ipc
 from shared.messages import (AbortRequest, EngineStats, FinishReason, GenerateRequest, TextDeltas, TextLogprob,
-                             ToFrontend, WorkerHeartbeat, WorkerReady)
+                             TokenizeResult, ToFrontend, WorkerHeartbeat, WorkerReady)
 
 WORKER_SILENCE_S = 3.0
 logger = logging.getLogger("forge.frontend")
@@ -89,6 +89,7 @@ class EngineClient:
         self.max_in_flight = max_in_flight
         self.workers: dict[int, Worker] = {}
         self.streams: dict[int, RequestStream] = {}
+        self.pending_tokenize: dict[int, asyncio.Future] = {}
         self.engine_stats: EngineStats | None = None
         self.engine_stats_s = 0.0
         self.dead_worker_cpu_seconds = 0.0
@@ -131,6 +132,21 @@ class EngineClient:
         ipc.send(self.inbox.socket, request, worker.identity)
         return stream
 
+    async def tokenize(self, make_request: callable, timeout_s: float = 30.0) -> TokenizeResult:
+        """Ask the least-loaded worker to tokenize or detokenize (`make_request(rid)`)."""
+        if not self.workers:
+            raise Unavailable("no tokenizer worker is ready")
+        worker = min(self.workers.values(), key=lambda w: w.num_in_flight)
+        rid = next(self._rids)
+        future = self.pending_tokenize[rid] = asyncio.get_running_loop().create_future()
+        try:
+            ipc.send(self.inbox.socket, make_request(rid), worker.identity)
+            return await asyncio.wait_for(future, timeout_s)
+        except (asyncio.TimeoutError, zmq.ZMQError):
+            raise Unavailable("the tokenizer worker did not answer") from None
+        finally:
+            self.pending_tokenize.pop(rid, None)
+
     def abort(self, stream: RequestStream) -> None:
         if stream.worker.worker_id in self.workers:
             try:
@@ -165,6 +181,10 @@ class EngineClient:
                 self._note_engine(message.engine)
             elif isinstance(message, TextDeltas):
                 self._route(message)
+            elif isinstance(message, TokenizeResult):
+                future = self.pending_tokenize.get(message.rid)
+                if future is not None and not future.done():
+                    future.set_result(message)
 
     def _note_engine(self, stats: EngineStats | None) -> None:
         if stats is not None:

@@ -51,7 +51,9 @@ def stop_children(children: list[subprocess.Popen], grace_s: float = 5.0) -> Non
 
 async def _serve_http(config: FrontendConfig, children: list[subprocess.Popen], model_label: str) -> None:
     app = make_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True)  # a client that leaves cancels its handler
+    # A client that leaves cancels its handler; on shutdown, handlers still running after the drain
+    # window are cancelled too, which aborts their requests.
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=config.shutdown_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -83,6 +83,18 @@ class ChatRequest(_Common, kw_only=True):
     top_logprobs: int | None = None
 
 
+class TokenizeBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[InMessage] | None = None
+    add_special_tokens: bool = True
+
+
+class DetokenizeBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    model: str | None = None
+    tokens: list[int]
+
+
 def decode(body: bytes, kind: type) -> Any:
     try:
         return msgspec.json.decode(body, type=kind)

@@ -12,7 +12,7 @@ from frontend import openai_api as api
 from frontend.client import EngineClient, QueueFull, RequestStream, StreamEvent, Unavailable
 from frontend.metrics import Metrics
 from shared.config import FrontendConfig
-from shared.messages import FinishReason, GenerateRequest
+from shared.messages import FinishReason, GenerateRequest, TokenizeRequest
 
 CLIENT = web.AppKey("client", EngineClient)
 METRICS = web.AppKey("metrics", Metrics)
@@ -206,6 +206,32 @@ async def _stream(request: web.Request, body, model: str, streams: list[RequestS
     return response
 
 
+async def tokenize(request: web.Request) -> web.Response:
+    body = api.decode(await request.read(), api.TokenizeBody)
+    if body.model is not None:
+        _served_model(request, body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise api.ApiError(400, "give exactly one of prompt and messages", "prompt")
+    messages = None if body.messages is None else api.chat_messages(
+        api.ChatRequest(model="", messages=body.messages))
+    result = await request.app[CLIENT].tokenize(lambda rid: TokenizeRequest(
+        rid, prompt=body.prompt, messages=messages, add_special_tokens=body.add_special_tokens))
+    if result.error:
+        raise api.ApiError(400, result.error)
+    return web.json_response({"count": len(result.token_ids), "max_model_len": _max_model_len(request),
+                              "tokens": result.token_ids})
+
+
+async def detokenize(request: web.Request) -> web.Response:
+    body = api.decode(await request.read(), api.DetokenizeBody)
+    if body.model is not None:
+        _served_model(request, body.model)
+    result = await request.app[CLIENT].tokenize(lambda rid: TokenizeRequest(rid, token_ids=body.tokens))
+    if result.error:
+        raise api.ApiError(400, result.error, "tokens")
+    return web.json_response({"prompt": result.text})
+
+
 async def models(request: web.Request) -> web.Response:
     workers = request.app[CLIENT].workers.values()
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "forge", "max_model_len": length}
@@ -237,6 +263,8 @@ def make_app(config: FrontendConfig) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/detokenize", detokenize)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     return app

@@ -20,8 +20,9 @@ from frontend.text_stream import TextStream
 from shared import ipc
 from shared.config import engine_addresses
 from shared.messages import (AbortRequest, EngineReady, EngineRequest, EngineStats, FinishReason, FromEngine,
-                             GenerateRequest, Hello, Shutdown, TextDeltas, TextLogprob, TokenDeltas,
-                             TokenLogprob, ToWorker, WorkerHeartbeat, WorkerReady)
+                             GenerateRequest, Hello, SamplingParams, Shutdown, TextDeltas, TextLogprob,
+                             TokenDeltas, TokenizeRequest, TokenizeResult, TokenLogprob, ToWorker,
+                             WorkerHeartbeat, WorkerReady)
 
 HEARTBEAT_S = 1.0
 ENGINE_SILENCE_S = 3.0  # no stats for this long: the engine is gone
@@ -116,8 +117,26 @@ class TokenizerWorker:
         elif isinstance(message, AbortRequest):
             if self.active.pop(message.rid, None) is not None:
                 ipc.send(self.to_engine, message)
+        elif isinstance(message, TokenizeRequest):
+            ipc.send(self.frontend.socket, self._tokenize_only(message))
         elif isinstance(message, Shutdown):
             self.stopping = True
+
+    def _tokenize_only(self, request: TokenizeRequest) -> TokenizeResult:
+        try:
+            if request.token_ids is not None:
+                ids = request.token_ids
+                if any(not 0 <= t < self.tokenizer.vocab_size for t in ids):
+                    raise ValueError(f"token ids must lie in [0, {self.tokenizer.vocab_size})")
+                return TokenizeResult(request.rid, ids, self.tokenizer.decode(ids), "")
+            if request.messages is not None:
+                ids, text = self._tokenize(GenerateRequest(request.rid, SamplingParams(), messages=request.messages))
+            else:
+                text = request.prompt or ""
+                ids = self.tokenizer.encode(text, add_special_tokens=request.add_special_tokens)
+            return TokenizeResult(request.rid, ids, text, "")
+        except ValueError as exc:
+            return TokenizeResult(request.rid, [], "", str(exc))
 
     def _start(self, request: GenerateRequest) -> None:
         try:

@@ -223,9 +223,28 @@ class WorkerHeartbeat(msgspec.Struct, **_WIRE):
     engine: EngineStats | None  # None until the worker has heard from the engine
 
 
+class TokenizeRequest(msgspec.Struct, **_WIRE):
+    """Frontend -> worker: /tokenize (prompt or messages) or /detokenize (token_ids)."""
+
+    rid: int
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    token_ids: list[int] | None = None
+    add_special_tokens: bool = True
+
+
+class TokenizeResult(msgspec.Struct, **_WIRE):
+    """Worker -> frontend: the answer to one TokenizeRequest ("" error on success)."""
+
+    rid: int
+    token_ids: list[int]
+    text: str
+    error: str
+
+
 # What each inbox decodes (one pre-built decoder per inbox).
-ToWorker = GenerateRequest | AbortRequest | Shutdown  # from the frontend
+ToWorker = GenerateRequest | AbortRequest | TokenizeRequest | Shutdown  # from the frontend
 ToEnginePull = EngineRequest | AbortRequest | Shutdown  # from workers (ordered per worker)
 ToEngineRouter = Hello  # registration
 FromEngine = EngineReady | EngineStats | TokenDeltas  # to workers and the frontend
-ToFrontend = WorkerReady | WorkerHeartbeat | TextDeltas  # from workers
+ToFrontend = WorkerReady | WorkerHeartbeat | TextDeltas | TokenizeResult  # from workers

@@ -131,3 +131,15 @@ def test_prompt_longer_than_the_context_names_the_limit(stack):
 def test_a_10_mb_body_is_refused_with_413(stack):
     status, body = stack.post("/v1/completions", b"{" + b" " * (10 * 2**20) + b"}")
     assert status == 413 and body["error"]["code"] == 413
+
+
+def test_tokenize_and_detokenize_round_trip(stack, smollm2):
+    status, body = stack.post("/tokenize", {"model": MODEL, "prompt": "Hello 世界 🎉"})
+    assert status == 200 and body["tokens"] == smollm2.tokenizer.encode("Hello 世界 🎉")
+    assert body["count"] == len(body["tokens"]) and body["max_model_len"] == 8192
+    status, body = stack.post("/detokenize", {"model": MODEL, "tokens": body["tokens"]})
+    assert status == 200 and body["prompt"] == "Hello 世界 🎉"
+    status, body = stack.post("/tokenize", {"model": MODEL, "messages": QUESTION})
+    assert body["tokens"] == smollm2.apply_chat_template(QUESTION, tokenize=True)
+    assert stack.post("/detokenize", {"model": MODEL, "tokens": [10**9]})[0] == 400
+    assert stack.post("/tokenize", {"model": MODEL})[0] == 400
