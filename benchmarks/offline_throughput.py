@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine import InferenceEngine, SamplingParams, compute_thread  # noqa: E402
-from engine.loaders import default_model_path  # noqa: E402
+from engine import InferenceEngine, SamplingParams, compute_thread
+from engine.loaders import default_model_path
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine import InferenceEngine, SamplingParams  # noqa: E402
+from engine import InferenceEngine, SamplingParams
 
 
 def cpu_seconds() -> float:

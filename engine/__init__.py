@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.messages import SamplingParams
 
-__all__ = ["InferenceEngine", "SamplingParams", "Completion"]
+__all__ = ["Completion", "InferenceEngine", "SamplingParams"]
 
 
 def __getattr__(name: str) -> Any:

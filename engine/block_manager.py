@@ -9,7 +9,8 @@ key chains its parent's key, so a key names the whole prefix up to and including
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable, Protocol
+from collections.abc import Hashable
+from typing import Protocol
 
 BlockKey = Hashable  # (parent key hash, tuple of the block's token ids)
 

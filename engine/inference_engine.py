@@ -10,7 +10,8 @@ import asyncio
 import itertools
 import logging
 import threading
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import torch
 

@@ -7,7 +7,7 @@ Attention and KV writes go through `ops` (kernels.load), chosen once by the mode
 from __future__ import annotations
 
 import types
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn

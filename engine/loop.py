@@ -18,8 +18,18 @@ import zmq
 from engine import compute_thread
 from engine.engine_core import EngineCore, RequestDelta
 from shared import ipc
-from shared.messages import (AbortRequest, EngineReady, EngineRequest, EngineStats, FinishReason, Hello, Shutdown,
-                             TokenDeltas, ToEnginePull, ToEngineRouter)
+from shared.messages import (
+    AbortRequest,
+    EngineReady,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+    Hello,
+    Shutdown,
+    ToEnginePull,
+    ToEngineRouter,
+    TokenDeltas,
+)
 
 STATS_INTERVAL_S = 1.0  # heartbeat: stats go out at least this often
 STATS_MIN_GAP_S = 0.1  # and on change, at most this often

@@ -6,7 +6,6 @@ import torch
 
 from engine.forward_batch import ForwardBatch
 from engine.llama import Llama
-from engine.request import Request
 from engine.sampler import Sampler
 from engine.scheduler import ScheduledBatch
 from shared.messages import TokenLogprob

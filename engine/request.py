@@ -17,9 +17,22 @@ class Request:
     """One generation. `token_ids` is the prompt followed by the outputs so far; the engine
     catches `num_computed_tokens` up to `num_tokens` and samples when the two meet."""
 
-    __slots__ = ("rid", "token_ids", "prompt_len", "params", "seed", "eos_token_ids", "status",
-                 "num_computed_tokens", "num_cached_tokens", "block_ids", "finish_reason", "error",
-                 "logprobs", "num_preemptions")
+    __slots__ = (
+        "block_ids",
+        "eos_token_ids",
+        "error",
+        "finish_reason",
+        "logprobs",
+        "num_cached_tokens",
+        "num_computed_tokens",
+        "num_preemptions",
+        "params",
+        "prompt_len",
+        "rid",
+        "seed",
+        "status",
+        "token_ids",
+    )
 
     def __init__(self, rid: int, prompt_ids: list[int], params: SamplingParams, seed: int,
                  eos_token_ids: frozenset[int]) -> None:

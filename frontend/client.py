@@ -12,15 +12,25 @@ import dataclasses
 import itertools
 import logging
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import msgspec
 import zmq
 import zmq.asyncio
 
 from shared import ipc
-from shared.messages import (AbortRequest, EngineStats, FinishReason, GenerateRequest, TextDeltas, TextLogprob,
-                             TokenizeResult, ToFrontend, WorkerHeartbeat, WorkerReady)
+from shared.messages import (
+    AbortRequest,
+    EngineStats,
+    FinishReason,
+    GenerateRequest,
+    TextDeltas,
+    TextLogprob,
+    ToFrontend,
+    TokenizeResult,
+    WorkerHeartbeat,
+    WorkerReady,
+)
 
 WORKER_SILENCE_S = 3.0
 logger = logging.getLogger("forge.frontend")

@@ -33,7 +33,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def spawn(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "frontend.cli", *args], preexec_fn=_die_with_parent)
+    # preexec_fn is safe here: the launcher spawns children before it starts any thread.
+    return subprocess.Popen([sys.executable, "-m", "frontend.cli", *args], preexec_fn=_die_with_parent)  # noqa: PLW1509
 
 
 def stop_children(children: list[subprocess.Popen], grace_s: float = 5.0) -> None:

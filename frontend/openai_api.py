@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -40,7 +40,7 @@ class ContentPart(msgspec.Struct, forbid_unknown_fields=True):
 
 class InMessage(msgspec.Struct, forbid_unknown_fields=True):
     role: str
-    content: Union[str, list[ContentPart], None] = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
 
 
@@ -49,7 +49,7 @@ class _Common(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: Union[str, list[str], None] = None
+    stop: str | list[str] | None = None
     seed: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
@@ -67,7 +67,7 @@ class _Common(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class CompletionRequest(_Common, kw_only=True):
-    prompt: Union[str, list[Union[str, int, list[int]]]]  # a text, texts, token ids, or lists of ids
+    prompt: str | list[str | int | list[int]]  # a text, texts, token ids, or lists of ids
     max_tokens: int | None = 16
     echo: bool = False
     logprobs: int | None = None

@@ -19,10 +19,27 @@ from engine.tokenizer import Tokenizer
 from frontend.text_stream import TextStream
 from shared import ipc
 from shared.config import engine_addresses
-from shared.messages import (AbortRequest, EngineReady, EngineRequest, EngineStats, FinishReason, FromEngine,
-                             GenerateRequest, Hello, SamplingParams, Shutdown, TextDeltas, TextLogprob,
-                             TokenDeltas, TokenizeRequest, TokenizeResult, TokenLogprob, ToWorker,
-                             WorkerHeartbeat, WorkerReady)
+from shared.messages import (
+    AbortRequest,
+    EngineReady,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+    FromEngine,
+    GenerateRequest,
+    Hello,
+    SamplingParams,
+    Shutdown,
+    TextDeltas,
+    TextLogprob,
+    TokenDeltas,
+    TokenizeRequest,
+    TokenizeResult,
+    TokenLogprob,
+    ToWorker,
+    WorkerHeartbeat,
+    WorkerReady,
+)
 
 HEARTBEAT_S = 1.0
 ENGINE_SILENCE_S = 3.0  # no stats for this long: the engine is gone

@@ -6,6 +6,7 @@ Runs on any torch device. Layouts are documented once, in kernels/contract.py.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ def plan_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor,
     device = block_tables.device
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
-    q_lens = [b - a for a, b in zip(starts[:-1], starts[1:])]
+    q_lens = [b - a for a, b in itertools.pairwise(starts)]
     rows = [i for i, n in enumerate(q_lens) if n == 1]
     prefills = [(block_tables[i], starts[i], n, lens[i]) for i, n in enumerate(q_lens) if n > 1]
     if not rows:

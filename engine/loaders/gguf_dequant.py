@@ -6,7 +6,7 @@ of a tensor at once. The arithmetic order matches ggml's reference so float32 re
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -55,7 +55,8 @@ def test_corrupt_gguf_metadata(tmp_path):
 
 
 def test_gguf_with_an_absurd_string_length(gguf_path, tmp_path):
-    data = bytearray(open(gguf_path, "rb").read(4096))
+    with open(gguf_path, "rb") as f:
+        data = bytearray(f.read(4096))
     data[24:32] = (2**62).to_bytes(8, "little")  # the first metadata key's length
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(bytes(data))
@@ -67,7 +68,7 @@ def _write_tiny_gguf(path, tensor_type: gguf.GGMLQuantizationType, payload: np.n
     writer = gguf.GGUFWriter(str(path), "llama")
     for key, value in (("block_count", 1), ("context_length", 64), ("embedding_length", 256),
                        ("feed_forward_length", 64), ("attention.head_count", 4)):
-        getattr(writer, "add_uint32")(f"llama.{key}", value)
+        writer.add_uint32(f"llama.{key}", value)
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(["a", "b", "ab"])
     writer.add_token_merges(["a b"])

@@ -10,7 +10,8 @@ from frontend.text_stream import TextStream
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
-    from tokenizers import Tokenizer as Backend, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers
 
     chars = sorted(set("abcdefghijklmnopqrstuvwxyz .,!END\n"))
     backend = Backend(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
