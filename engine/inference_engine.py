@@ -127,8 +127,13 @@ class InferenceEngine:
             self._check_prompt_len(ids)
         with self._lock:
             rids = [next(self._rids) for _ in encoded]
-            for rid, ids in zip(rids, encoded):
-                self.core.add_request(rid, ids, params)
+            try:
+                for rid, ids in zip(rids, encoded):
+                    self.core.add_request(rid, ids, params)
+            except ValueError:  # all or nothing: drop the prompts already queued
+                for rid in rids:
+                    self.core.abort(rid)
+                raise
         mine, done = set(rids), {}
         while len(done) < len(rids):
             finished = compute_thread.run(self._step_and_route)

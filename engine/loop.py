@@ -98,14 +98,15 @@ class EngineLoop:
         self.dispatch[type(message)](message)
 
     def _add(self, request: EngineRequest) -> None:
-        self.worker_of[request.rid] = request.worker
         try:
+            if request.rid in self.worker_of:
+                raise ValueError(f"request id {request.rid} is already running")
             self.core.add_request(request.rid, request.prompt_ids, request.params)
         except ValueError as exc:  # the worker validates first; this is the last line of defence
             self._send_to_worker(request.worker, TokenDeltas([request.rid], [[]], [FinishReason.ERROR],
                                                              [len(request.prompt_ids)], [0], [str(exc)], [[]]))
-            del self.worker_of[request.rid]
             return
+        self.worker_of[request.rid] = request.worker
         self.num_prompt_tokens += len(request.prompt_ids)
 
     def _abort(self, abort: AbortRequest) -> None:

@@ -69,7 +69,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
             params = api.sampling_params(body, body.max_tokens, body.logprobs, _max_model_len(request), j)
             text, ids = (prompt, None) if isinstance(prompt, str) else (None, list(prompt))
             jobs.append(lambda rid, params=params, text=text, ids=ids: GenerateRequest(
-                rid, params, prompt=text, prompt_ids=ids, stop=stop, echo=body.echo))
+                rid, params, prompt=text, prompt_ids=ids, stop=stop, echo=body.echo,
+                max_tokens_is_default=body.max_tokens is None))
     return await _respond(request, body, model, jobs, "text_completion")
 
 
@@ -83,7 +84,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     jobs = []
     for j in range(body.n):
         params = api.sampling_params(body, max_tokens, logprobs, _max_model_len(request), j)
-        jobs.append(lambda rid, params=params: GenerateRequest(rid, params, messages=messages, stop=stop))
+        jobs.append(lambda rid, params=params: GenerateRequest(rid, params, messages=messages, stop=stop,
+                                                               max_tokens_is_default=max_tokens is None))
     return await _respond(request, body, model, jobs, "chat.completion")
 
 

@@ -156,17 +156,22 @@ class TokenizerWorker:
             return TokenizeResult(request.rid, [], "", str(exc))
 
     def _start(self, request: GenerateRequest) -> None:
+        params = request.params
         try:
             prompt_ids, prompt_text = self._tokenize(request)
-            self._check_limits(prompt_ids, request.params.max_tokens)
+            if request.max_tokens_is_default:  # as vLLM: the rest of the context
+                room = self.engine_ready.max_model_len - len(prompt_ids)
+                params = msgspec.structs.replace(params, max_tokens=max(1, min(params.max_tokens, room)),
+                                                 min_tokens=min(params.min_tokens, max(1, room)))
+            self._check_limits(prompt_ids, params.max_tokens)
         except ValueError as exc:
             self._send_text(TextDeltas([request.rid], [""], [FinishReason.ERROR], [0], [0], [0], [str(exc)], [400],
                                        [[]]))
             return
         self.active[request.rid] = _Active(TextStream(self.tokenizer, request.stop),
                                            prompt_text if request.echo else "",
-                                           wants_logprobs=request.params.logprobs is not None)
-        ipc.send(self.to_engine, EngineRequest(request.rid, prompt_ids, request.params, self.worker_id))
+                                           wants_logprobs=params.logprobs is not None)
+        ipc.send(self.to_engine, EngineRequest(request.rid, prompt_ids, params, self.worker_id))
 
     def _tokenize(self, request: GenerateRequest) -> tuple[list[int], str]:
         if request.messages is not None:

@@ -116,6 +116,7 @@ class GenerateRequest(msgspec.Struct, **_WIRE):
     messages: list[ChatMessage] | None = None  # /v1/chat/completions
     stop: list[str] = []  # stop strings: matched on text, never emitted
     echo: bool = False  # prepend the prompt's text to the first delta
+    max_tokens_is_default: bool = False  # the client gave none: use the rest of the context
 
 
 class AbortRequest(msgspec.Struct, **_WIRE):

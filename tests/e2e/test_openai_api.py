@@ -143,3 +143,10 @@ def test_tokenize_and_detokenize_round_trip(stack, smollm2):
     assert body["tokens"] == smollm2.apply_chat_template(QUESTION, tokenize=True)
     assert stack.post("/detokenize", {"model": MODEL, "tokens": [10**9]})[0] == 400
     assert stack.post("/tokenize", {"model": MODEL})[0] == 400
+
+
+def test_without_max_tokens_the_rest_of_the_context_is_available(client):
+    response = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0)
+    assert response.choices[0].finish_reason == "stop" and response.usage.completion_tokens > 0
+    response = client.completions.create(model=MODEL, prompt="Hello", temperature=0)
+    assert response.usage.completion_tokens == 16  # the completions API's documented default

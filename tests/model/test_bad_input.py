@@ -144,6 +144,9 @@ def test_bad_prompts_leave_the_engine_usable(smollm2):
         smollm2.generate([10**9], SamplingParams(max_tokens=1))
     with pytest.raises(TypeError, match="a prompt is a str or a list of token ids"):
         smollm2.generate([3.5], SamplingParams(max_tokens=1))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        smollm2.generate(["fine", [10**9]], SamplingParams(max_tokens=1))  # all or nothing
+    smollm2.generate("flush", SamplingParams(max_tokens=1))
     assert not smollm2.core.scheduler.requests
     assert smollm2.generate("Hi", SamplingParams(max_tokens=2, temperature=0.0)).finish_reason == "length"
 
