@@ -37,7 +37,7 @@ class Attention(nn.Module):
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_proj_bias)
         self.scale = self.head_dim ** -0.5
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
@@ -95,17 +95,29 @@ class Llama(nn.Module):
         """(Re)compute the float32 cos/sin tables; call after moving or casting the model."""
         config = self.config
         device = self.embed_tokens.weight.device
-        inv_freq = rope.inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
-        cos, sin = rope.cos_sin_cache(inv_freq, max_model_len)  # [max_model_len, head_dim] each
-        self.register_buffer("rope_cos", cos.to(device), persistent=False)
-        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+        tables = rope.rope_tables(config.head_dim, config.rope_theta, config.rope_scaling, max_model_len)
+        self.register_buffer("rope_cos", tables.cos.to(device), persistent=False)  # [max_model_len, head_dim]
+        self.register_buffer("rope_sin", tables.sin.to(device), persistent=False)
+        has_long = tables.long_cos is not None
+        self.register_buffer("rope_long_cos", tables.long_cos.to(device) if has_long else None, persistent=False)
+        self.register_buffer("rope_long_sin", tables.long_sin.to(device) if has_long else None, persistent=False)
+        self.rope_long_after = tables.long_after
+
+    def _rope(self, batch: ForwardBatch, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [num_tokens, head_dim] for this batch's positions."""
+        cos, sin = self.rope_cos[batch.positions], self.rope_sin[batch.positions]
+        if self.rope_long_cos is not None:  # LongRoPE: a sequence past the original context uses long factors
+            is_long = (batch.seq_lens > self.rope_long_after).repeat_interleave(batch.query_start_loc.diff())
+            cos = torch.where(is_long[:, None], self.rope_long_cos[batch.positions], cos)
+            sin = torch.where(is_long[:, None], self.rope_long_sin[batch.positions], sin)
+        return cos.to(dtype), sin.to(dtype)
 
     def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Hidden states of the rows to sample: [num_sampled, hidden]."""
         x = self.embed_tokens(batch.input_ids)  # [T, hidden]
-        cos = self.rope_cos[batch.positions].to(x.dtype)  # [T, head_dim]
-        sin = self.rope_sin[batch.positions].to(x.dtype)
-        plan = self.ops.plan_attention(batch.block_tables, batch.seq_lens, batch.query_start_loc)
+        cos, sin = self._rope(batch, x.dtype)  # [T, head_dim] each
+        plan = self.ops.plan_attention(batch.block_tables, batch.seq_lens, batch.query_start_loc,
+                                       self.config.sliding_window)
         for layer, kv_cache in zip(self.layers, kv_caches):
             x = layer(x, cos, sin, batch, plan, kv_cache)
         return self.norm(x[batch.logits_indices])
@@ -156,6 +168,8 @@ class Llama(nn.Module):
     def _check_all_filled(self, params: dict[str, nn.Parameter], filled: set[str]) -> None:
         missing = []
         for name in params:
+            if name in filled:  # loaded whole (Phi-3 checkpoints store qkv_proj / gate_up_proj fused)
+                continue
             if "qkv_proj" in name:
                 parts = [name.replace("qkv_proj", p) for p in ("q_proj", "k_proj", "v_proj")]
             elif "gate_up_proj" in name:

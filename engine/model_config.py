@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM")
 _GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM"}
-_HF_MODEL_TYPES = {"llama": "LlamaForCausalLM"}  # for config.json files without "architectures"
-_ROPE_TYPES = ("default", "linear", "llama3")
+_HF_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                   "phi3": "Phi3ForCausalLM"}  # for config.json files without "architectures"
+_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+_SLIDING_WINDOW_FAMILIES = ("MistralForCausalLM", "Phi3ForCausalLM")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,9 +28,11 @@ class ModelConfig:
     max_position_embeddings: int
     tie_word_embeddings: bool
     rope_scaling: dict[str, Any] | None = None  # None: plain RoPE; else rope_type + its factors
-    attention_bias: bool = False
+    attention_bias: bool = False  # biases on q/k/v projections
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    o_proj_bias: bool = False
+    sliding_window: int | None = None  # None: full attention; W: a token sees the W latest keys
 
     def __post_init__(self) -> None:
         _check_architecture(self.architecture)
@@ -60,6 +64,13 @@ class ModelConfig:
         hidden_size = _int(config, "hidden_size")
         rope_theta, rope_scaling = _hf_rope(config)
         eos = config.get("eos_token_id")
+        arch = architectures[0]
+        for unsupported in ("mlp_bias", "use_sliding_window"):
+            if config.get(unsupported):
+                raise ValueError(f"config.json sets {unsupported}, which Forge does not support yet")
+        if float(config.get("partial_rotary_factor", 1.0)) != 1.0:
+            raise ValueError("partial_rotary_factor != 1 is not supported yet")
+        declared_bias = bool(config.get("attention_bias", False))
         return cls(
             architecture=architectures[0],
             vocab_size=_int(config, "vocab_size"),
@@ -74,9 +85,11 @@ class ModelConfig:
             max_position_embeddings=_int(config, "max_position_embeddings"),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             rope_scaling=rope_scaling,
-            attention_bias=bool(config.get("attention_bias", False)),
+            attention_bias=declared_bias or arch == "Qwen2ForCausalLM",  # Qwen2: q/k/v biases always
             bos_token_id=config.get("bos_token_id"),
             eos_token_ids=tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),)),
+            o_proj_bias=declared_bias and arch != "Qwen2ForCausalLM",
+            sliding_window=config.get("sliding_window") if arch in _SLIDING_WINDOW_FAMILIES else None,
         )
 
     @classmethod
@@ -132,11 +145,14 @@ def _hf_rope(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     transformers 5's `rope_parameters` (which holds rope_theta and rope_type together)."""
     params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     theta = float(params.pop("rope_theta", config.get("rope_theta", 10000.0)))
-    rope_type = params.get("rope_type", params.get("type", "default"))
+    rope_type = params.pop("type", None) or params.get("rope_type", "default")
+    rope_type = "longrope" if rope_type == "su" else rope_type  # Phi-3's old name for it
     if rope_type == "default":
         return theta, None
     params["rope_type"] = rope_type
-    params.setdefault("original_max_position_embeddings", config.get("max_position_embeddings"))
+    params.setdefault("original_max_position_embeddings",
+                      config.get("original_max_position_embeddings") or config.get("max_position_embeddings"))
+    params["max_position_embeddings"] = config.get("max_position_embeddings")
     return theta, params
 
 

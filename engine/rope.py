@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeTables:
+    """cos/sin for every position, [max_len, head_dim] float32 each. LongRoPE (Phi-3) keeps a
+    second pair, used for sequences longer than `long_after` tokens, as transformers does."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    long_cos: torch.Tensor | None = None
+    long_sin: torch.Tensor | None = None
+    long_after: int = 0
+
+
+def rope_tables(head_dim: int, theta: float, scaling: dict[str, Any] | None, max_len: int) -> RopeTables:
+    if (scaling or {}).get("rope_type") != "longrope":
+        cos, sin = cos_sin_cache(inverse_frequencies(head_dim, theta, scaling), max_len)
+        return RopeTables(cos, sin)
+    original = int(scaling["original_max_position_embeddings"])
+    factor = scaling.get("factor") or scaling["max_position_embeddings"] / original
+    attention_factor = scaling.get("attention_factor") or (
+        1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original)))
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    tables = []
+    for key in ("short_factor", "long_factor"):
+        factors = torch.tensor(scaling[key], dtype=torch.float32)
+        if factors.shape != exponents.shape:
+            raise ValueError(f"rope {key} has {factors.numel()} entries, expected {exponents.numel()}")
+        cos, sin = cos_sin_cache(1.0 / (factors * theta ** exponents), max_len)
+        tables += [cos * attention_factor, sin * attention_factor]
+    return RopeTables(*tables, long_after=original)
 
 
 def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor:

@@ -13,7 +13,8 @@ Flat batch layout (prefill chunks and decodes mixed, one sequence after another)
                      (their KV is stored before attention runs)
     block_tables:    [num_seqs, max_blocks_per_seq] block ids, padded with any valid id
 
-Attention is planned once per step (`plan_attention(block_tables, seq_lens, query_start_loc)`,
+Attention is planned once per step (`plan_attention(block_tables, seq_lens, query_start_loc,
+sliding_window)`,
 whose result is opaque to callers) and run per layer (`paged_attention(query, k_cache, v_cache,
 plan, scale)`). Both implementations (kernels/ref.py and kernels/cuda.py) call these checks first.
 """
@@ -44,8 +45,9 @@ def check_store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
     _require(key.dtype == k_cache.dtype, f"key dtype {key.dtype} != cache dtype {k_cache.dtype}")
 
 
-def check_attention_plan(block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                         query_start_loc: torch.Tensor) -> None:
+def check_attention_plan(block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
+                         sliding_window: int | None) -> None:
+    _require(sliding_window is None or sliding_window >= 1, "sliding_window must be None or >= 1")
     num_seqs = seq_lens.shape[0]
     _require(block_tables.dim() == 2 and block_tables.shape[0] == num_seqs,
              "block_tables must be [num_seqs, max_blocks_per_seq]")

@@ -36,12 +36,14 @@ class AttentionPlan:
     decode_hidden: torch.Tensor | None  # [R, L] True past each sequence's length
     decode_max_len: int
     prefills: list[tuple[torch.Tensor, int, int, int]]  # (block table row, first flat row, q_len, seq_len)
+    sliding_window: int | None
 
 
-def plan_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                   query_start_loc: torch.Tensor) -> AttentionPlan:
-    """Split a mixed batch into batched decode rows and per-sequence prefill chunks."""
-    contract.check_attention_plan(block_tables, seq_lens, query_start_loc)
+def plan_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
+                   sliding_window: int | None = None) -> AttentionPlan:
+    """Split a mixed batch into batched decode rows and per-sequence prefill chunks. With a
+    sliding window W, the query at position i sees keys i - W < j <= i (transformers' rule)."""
+    contract.check_attention_plan(block_tables, seq_lens, query_start_loc, sliding_window)
     device = block_tables.device
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
@@ -49,12 +51,16 @@ def plan_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor,
     rows = [i for i, n in enumerate(q_lens) if n == 1]
     prefills = [(block_tables[i], starts[i], n, lens[i]) for i, n in enumerate(q_lens) if n > 1]
     if not rows:
-        return AttentionPlan(starts[-1], None, None, None, 0, prefills)
+        return AttentionPlan(starts[-1], None, None, None, 0, prefills, sliding_window)
     max_len = max(lens[i] for i in rows)
     ctx_lens = torch.tensor([lens[i] for i in rows], device=device)
-    hidden = torch.arange(max_len, device=device)[None, :] >= ctx_lens[:, None]  # [R, L]
+    key_pos = torch.arange(max_len, device=device)[None, :]
+    hidden = key_pos >= ctx_lens[:, None]  # [R, L]
+    if sliding_window is not None:
+        hidden |= key_pos < ctx_lens[:, None] - sliding_window
     return AttentionPlan(starts[-1], torch.tensor([starts[i] for i in rows], device=device),
-                         block_tables[torch.tensor(rows, device=device)], hidden, max_len, prefills)
+                         block_tables[torch.tensor(rows, device=device)], hidden, max_len, prefills,
+                         sliding_window)
 
 
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan,
@@ -69,7 +75,8 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     if plan.decode_token_idx is not None:
         _decode(query, k_cache, v_cache, plan, scale, out)
     for block_table, start, q_len, seq_len in plan.prefills:
-        _prefill_chunk(query, k_cache, v_cache, block_table, seq_len, start, q_len, scale, out)
+        _prefill_chunk(query, k_cache, v_cache, block_table, seq_len, start, q_len, scale, plan.sliding_window,
+                       out)
     return out
 
 
@@ -102,15 +109,18 @@ def _decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, p
 
 def _prefill_chunk(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    block_table: torch.Tensor, seq_len: int, start: int, q_len: int, scale: float,
-                   out: torch.Tensor) -> None:
+                   sliding_window: int | None, out: torch.Tensor) -> None:
     k = _gather_kv(k_cache, block_table[None], seq_len)  # [1, Hkv, L, D]
     v = _gather_kv(v_cache, block_table[None], seq_len)
     q = query[start:start + q_len].transpose(0, 1)[None]  # [1, Hq, q_len, D]
-    if q_len == seq_len:  # nothing cached before this chunk: plain causal attention
+    if q_len == seq_len and (sliding_window is None or sliding_window >= seq_len):
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
-    else:
-        q_pos = torch.arange(seq_len - q_len, seq_len, device=query.device)  # absolute positions
-        mask = torch.arange(seq_len, device=query.device)[None, :] <= q_pos[:, None]  # [q_len, L]
+    else:  # causal mask offset by the cached context, and the window if any
+        q_pos = torch.arange(seq_len - q_len, seq_len, device=query.device)[:, None]  # absolute positions
+        key_pos = torch.arange(seq_len, device=query.device)[None, :]
+        mask = key_pos <= q_pos  # [q_len, L]
+        if sliding_window is not None:
+            mask &= key_pos > q_pos - sliding_window
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
     out[start:start + q_len] = o[0].transpose(0, 1)
 

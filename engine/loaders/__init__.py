@@ -26,7 +26,7 @@ def default_model_path() -> str:
 
 def open_checkpoint(path: str | None) -> Checkpoint:
     """Read a model's config and tokenizer now; its weights are streamed later."""
-    path = default_model_path() if path is None else os.path.expanduser(path)
+    path = default_model_path() if path is None else resolve_hf_cache(os.path.expanduser(path))
     if not os.path.exists(path):
         raise ModelLoadError(f"{path}: no such file or directory")
     if os.path.isdir(path):
@@ -34,3 +34,19 @@ def open_checkpoint(path: str | None) -> Checkpoint:
     if path.endswith(".gguf"):
         return load_gguf(path)
     raise ModelLoadError(f"{path}: expected a Hugging Face model directory or a .gguf file")
+
+
+def resolve_hf_cache(path: str) -> str:
+    """A Hugging Face cache entry (`.../models--org--name`) -> the snapshot `refs/main` names (or
+    the only snapshot). Any other path is returned as it is."""
+    snapshots = os.path.join(path, "snapshots")
+    if not (os.path.basename(os.path.normpath(path)).startswith("models--") and os.path.isdir(snapshots)):
+        return path
+    ref = os.path.join(path, "refs", "main")
+    if os.path.isfile(ref):
+        with open(ref, encoding="ascii") as f:
+            return os.path.join(snapshots, f.read().strip())
+    found = sorted(os.listdir(snapshots))
+    if len(found) != 1:
+        raise ModelLoadError(f"{path}: {len(found)} snapshots and no refs/main; pass the snapshot directory")
+    return os.path.join(snapshots, found[0])

@@ -28,7 +28,7 @@ def make_paged_inputs(seq_lens: list[int], q_lens: list[int], num_q_heads: int, 
             torch.tensor(seq_lens, dtype=torch.int32), starts, dense_k, dense_v)
 
 
-def dense_attention(query, dense_k, dense_v, seq_lens, q_lens, scale) -> torch.Tensor:
+def dense_attention(query, dense_k, dense_v, seq_lens, q_lens, scale, window=None) -> torch.Tensor:
     """Explicit float64 softmax attention, one query row at a time: the obviously right answer."""
     out = torch.empty(query.shape, dtype=torch.float64)
     num_q_heads, num_kv_heads = query.shape[1], dense_k[0].shape[1]
@@ -39,8 +39,9 @@ def dense_attention(query, dense_k, dense_v, seq_lens, q_lens, scale) -> torch.T
         v = v.double().repeat_interleave(group, dim=1)
         for j in range(q_len):
             visible = n - q_len + j + 1  # causal: keys up to this query's own position
+            first = 0 if window is None else max(0, visible - window)  # and the window's latest keys
             q = query[row].double()  # [Hq, D]
-            weights = (torch.einsum("hd,nhd->hn", q, k[:visible]) * scale).softmax(dim=-1)
-            out[row] = torch.einsum("hn,nhd->hd", weights, v[:visible])
+            weights = (torch.einsum("hd,nhd->hn", q, k[first:visible]) * scale).softmax(dim=-1)
+            out[row] = torch.einsum("hn,nhd->hd", weights, v[first:visible])
             row += 1
     return out

@@ -37,6 +37,17 @@ def test_paged_attention_matches_dense(case, dtype, block_size):
     torch.testing.assert_close(got.double(), expected, **TOL[dtype])
 
 
+@pytest.mark.parametrize("case", ["decode-ragged", "prefill-fresh", "prefill-chunk-after-cache", "mixed"])
+@pytest.mark.parametrize("window", [1, 5, 16, 40])
+def test_sliding_window_attention_matches_dense(case, window):
+    seq_lens, q_lens = CASES[case]
+    query, k_cache, v_cache, tables, lens, starts, dense_k, dense_v = make_paged_inputs(
+        seq_lens, q_lens, num_q_heads=4, num_kv_heads=2, head_dim=32, block_size=16, dtype=torch.float32)
+    got = ops.paged_attention(query, k_cache, v_cache, ops.plan_attention(tables, lens, starts, window), 0.2)
+    expected = dense_attention(query, dense_k, dense_v, seq_lens, q_lens, 0.2, window)
+    torch.testing.assert_close(got.double(), expected, **TOL[torch.float32])
+
+
 def test_store_kv_writes_exact_slots():
     k_cache = torch.zeros(4, 16, 2, 8)
     v_cache = torch.zeros(4, 16, 2, 8)
