@@ -48,3 +48,33 @@ def test_quantized_random_tensors_dequantize_bit_identically(qtype):
     got = gguf_dequant.dequantize(packed, qtype, (64, 256)).float()
     expected = torch.from_numpy(gguf.quants.dequantize(packed, qtype).copy()).float()
     assert torch.equal(got, expected)
+
+
+KQUANTS = [gguf.GGMLQuantizationType.Q2_K, gguf.GGMLQuantizationType.Q3_K, gguf.GGMLQuantizationType.Q4_K,
+           gguf.GGMLQuantizationType.Q5_K, gguf.GGMLQuantizationType.Q6_K, gguf.GGMLQuantizationType.Q5_0,
+           gguf.GGMLQuantizationType.Q5_1]
+
+
+@pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
+def test_k_quants_and_q5_dequantize_bit_identically(qtype):
+    """Random block bytes (any bytes are a block; the gguf package has no quantizer for most of
+    these), with every float16 scale made finite so the comparison is exact."""
+    values_per_block, bytes_per_block = gguf.GGML_QUANT_SIZES[qtype]
+    rng = np.random.default_rng(int(qtype))
+    blocks = rng.integers(0, 256, size=(512, bytes_per_block), dtype=np.uint8)
+    blocks = _finite_scales(blocks, qtype)
+    expected = torch.from_numpy(gguf.quants.dequantize(blocks, qtype).copy()).reshape(512, values_per_block)
+    got = gguf_dequant.dequantize(blocks, qtype, (512, values_per_block))
+    assert torch.equal(got, expected)
+
+
+_SCALE_OFFSETS = {"Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+                  "Q5_0": [0], "Q5_1": [0, 2]}
+
+
+def _finite_scales(blocks: np.ndarray, qtype) -> np.ndarray:
+    blocks = blocks.copy()
+    for offset in _SCALE_OFFSETS[qtype.name]:
+        scales = np.random.default_rng(offset).uniform(-0.05, 0.05, blocks.shape[0]).astype(np.float16)
+        blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
+    return blocks
