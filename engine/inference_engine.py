@@ -72,8 +72,8 @@ class InferenceEngine:
                             model_config.max_position_embeddings)
         ops = kernels.load(config.kernels)
         with torch.device("meta"):
-            model = Llama(model_config, ops, max_model_len)
-        model = model.to_empty(device=device).to(dtype)
+            model = Llama(model_config, ops, max_model_len).to(dtype)  # cast while it costs nothing
+        model = model.to_empty(device=device)  # allocates each parameter once, in its final dtype
         model.reset_rope_cache(max_model_len)
         model.load_weights(checkpoint.open_weights())
         model.eval()
