@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Phi3ForCausalLM")
-_GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM"}
+_GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM"}
 _HF_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                    "phi3": "Phi3ForCausalLM"}  # for config.json files without "architectures"
 _ROPE_TYPES = ("default", "linear", "llama3", "longrope")
@@ -93,7 +93,9 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_gguf_metadata(cls, meta: dict[str, Any], has_output_tensor: bool) -> ModelConfig:
+    def from_gguf_metadata(cls, meta: dict[str, Any], has_output_tensor: bool,
+                           rope_factors: tuple[list[float], list[float]] | None = None) -> ModelConfig:
+        """`rope_factors`: Phi-3's (short, long) LongRoPE factors, which GGUF stores as tensors."""
         arch = meta.get("general.architecture")
         if arch not in _GGUF_ARCHITECTURES:
             raise ValueError(f"unsupported GGUF architecture {arch!r}; Forge supports "
@@ -122,9 +124,11 @@ class ModelConfig:
             rope_theta=float(get("rope.freq_base", 10000.0)),
             max_position_embeddings=int(get("context_length")),
             tie_word_embeddings=not has_output_tensor,
-            rope_scaling=_gguf_rope_scaling(meta, arch),
+            rope_scaling=_gguf_rope_scaling(meta, arch, rope_factors),
+            attention_bias=arch == "qwen2",
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
             eos_token_ids=() if eos is None else (int(eos),),
+            sliding_window=meta.get(f"{arch}.attention.sliding_window") or None if arch == "phi3" else None,
         )
 
 
@@ -156,7 +160,16 @@ def _hf_rope(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     return theta, params
 
 
-def _gguf_rope_scaling(meta: dict[str, Any], arch: str) -> dict[str, Any] | None:
+def _gguf_rope_scaling(meta: dict[str, Any], arch: str,
+                       rope_factors: tuple[list[float], list[float]] | None) -> dict[str, Any] | None:
+    if rope_factors is not None:  # Phi-3 LongRoPE
+        original = meta.get(f"{arch}.rope.scaling.original_context_length")
+        if original is None:
+            raise ValueError(f"GGUF has rope factor tensors but no {arch}.rope.scaling.original_context_length")
+        return {"rope_type": "longrope", "short_factor": rope_factors[0], "long_factor": rope_factors[1],
+                "original_max_position_embeddings": int(original),
+                "max_position_embeddings": int(meta[f"{arch}.context_length"]),
+                "attention_factor": meta.get(f"{arch}.rope.scaling.attn_factor")}
     kind = meta.get(f"{arch}.rope.scaling.type")
     if kind in (None, "none"):
         return None

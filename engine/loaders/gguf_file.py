@@ -19,9 +19,13 @@ from engine.tokenizer import Tokenizer
 
 _LAYER_TENSORS = {
     "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "attn_v": "self_attn.v_proj", "attn_qkv": "self_attn.qkv_proj", "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
 }
+_FUSED_UP = {"phi3": "mlp.gate_up_proj"}  # llama.cpp stores Phi-3's gate and up rows in ffn_up
+_ROPE_FACTORS = ("rope_factors_short.weight", "rope_factors_long.weight")
+_PERMUTED_ROPE = ("llama",)  # llama.cpp interleaves rotary pairs only for these architectures
 _GLOBAL_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
 
@@ -34,50 +38,65 @@ def load_gguf(path: str) -> Checkpoint:
         raise ModelLoadError(f"{path}: {reason}") from exc
     meta = gguf_file.metadata
     names = {t.name for t in gguf_file.tensors}
+    arch = meta.get("general.architecture")
     try:
-        config = ModelConfig.from_gguf_metadata(meta, has_output_tensor="output.weight" in names)
+        config = ModelConfig.from_gguf_metadata(meta, "output.weight" in names, _rope_factors(gguf_file))
         tokenizer = Tokenizer.from_gguf_metadata(meta)
     except ValueError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
-    _check_tensors(path, gguf_file)
+    _check_tensors(path, gguf_file, arch)
     types = sorted({t.qtype.name for t in gguf_file.tensors})
     size_mib = os.path.getsize(path) / 2**20
     description = (f"{meta.get('general.name', os.path.basename(path))} ({config.architecture}, "
                    f"{config.num_params / 1e6:.0f}M params, GGUF {'+'.join(types)}, {size_mib:.0f} MiB)")
-    return Checkpoint(config, lambda: _weights(gguf_file, config), tokenizer, description)
+    return Checkpoint(config, lambda: _weights(gguf_file, config, arch), tokenizer, description)
 
 
-def _check_tensors(path: str, gguf_file: GGUFFile) -> None:
+def _rope_factors(gguf_file: GGUFFile) -> tuple[list[float], list[float]] | None:
+    found = {t.name: t for t in gguf_file.tensors if t.name in _ROPE_FACTORS}
+    if not found:
+        return None
+    if len(found) != 2:
+        raise ModelLoadError(f"{gguf_file.path}: has one of the two LongRoPE factor tensors")
+    return tuple(gguf_dequant.dequantize(gguf_file.tensor_bytes(found[n]), found[n].qtype, found[n].shape)
+                 .float().tolist() for n in _ROPE_FACTORS)
+
+
+def _check_tensors(path: str, gguf_file: GGUFFile, arch: str) -> None:
     for tensor in gguf_file.tensors:
         if tensor.qtype not in gguf_dequant.SUPPORTED_TYPES:
             names = ", ".join(t.name for t in gguf_dequant.SUPPORTED_TYPES)
             raise ModelLoadError(f"{path}: tensor {tensor.name} uses unsupported quantization "
                                  f"{tensor.qtype.name}; supported: {names}")
-        if _hf_name(tensor.name) is None:
+        if _hf_name(tensor.name, arch) is None:
             raise ModelLoadError(f"{path}: unexpected tensor {tensor.name}")
 
 
-def _hf_name(gguf_name: str) -> str | None:
-    if gguf_name == "rope_freqs.weight":
-        return ""  # derived from metadata; not loaded
+def _hf_name(gguf_name: str, arch: str) -> str | None:
+    """The Hugging Face name of a GGUF tensor; "" for tensors read elsewhere; None if unknown."""
+    if gguf_name in _ROPE_FACTORS:
+        return ""  # part of the rope configuration
     base, _, kind = gguf_name.rpartition(".")
     if base in _GLOBAL_TENSORS:
         return f"{_GLOBAL_TENSORS[base]}.{kind}"
     match = _LAYER_NAME.match(gguf_name)
     if match and match.group(2) in _LAYER_TENSORS:
-        return f"model.layers.{match.group(1)}.{_LAYER_TENSORS[match.group(2)]}.{match.group(3)}"
+        part = _LAYER_TENSORS[match.group(2)]
+        if match.group(2) == "ffn_up":
+            part = _FUSED_UP.get(arch, part)
+        return f"model.layers.{match.group(1)}.{part}.{match.group(3)}"
     return None
 
 
-def _weights(gguf_file: GGUFFile, config: ModelConfig) -> WeightStream:
+def _weights(gguf_file: GGUFFile, config: ModelConfig, arch: str) -> WeightStream:
     progress = Progress(f"loading {os.path.basename(gguf_file.path)}", len(gguf_file.tensors))
     for tensor in gguf_file.tensors:
-        name = _hf_name(tensor.name)
+        name = _hf_name(tensor.name, arch)
         if name:
             weight = gguf_dequant.dequantize(gguf_file.tensor_bytes(tensor), tensor.qtype, tensor.shape)
-            if ".attn_q." in tensor.name:
+            if arch in _PERMUTED_ROPE and ".attn_q." in tensor.name:
                 weight = _unpermute_rope_rows(weight, config.num_heads)
-            elif ".attn_k." in tensor.name:
+            elif arch in _PERMUTED_ROPE and ".attn_k." in tensor.name:
                 weight = _unpermute_rope_rows(weight, config.num_kv_heads)
             yield name, weight
         progress.advance()

@@ -81,9 +81,9 @@ def _write_tiny_gguf(path, tensor_type: gguf.GGMLQuantizationType, payload: np.n
 
 
 def test_unsupported_quantization_type(tmp_path):
-    path = tmp_path / "q5k.gguf"
-    _write_tiny_gguf(path, gguf.GGMLQuantizationType.Q5_K, np.zeros((3, 176), dtype=np.uint8))  # 3 x 256 values
-    with pytest.raises(ModelLoadError, match="unsupported quantization Q5_K.*Q4_1"):
+    path = tmp_path / "iq2.gguf"
+    _write_tiny_gguf(path, gguf.GGMLQuantizationType.IQ2_XXS, np.zeros((3, 66), dtype=np.uint8))  # 3 x 256 values
+    with pytest.raises(ModelLoadError, match="unsupported quantization IQ2_XXS.*Q4_1.*Q6_K"):
         open_checkpoint(str(path))
 
 

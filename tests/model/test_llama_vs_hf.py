@@ -47,6 +47,27 @@ def test_tiny_model_matches_transformers(variant, prompt_len, tmp_path):
     engine = InferenceEngine.from_pretrained(str(tmp_path), dtype="float32")
     assert type(hf_model).__name__ in engine.description
     assert engine.tokenizer is None
+    _assert_matches_transformers(engine, hf_model, prompt_len)
+
+
+GGUF_VARIANTS = {"llama": "llama-untied", "qwen2": "qwen2-biases", "phi3": "phi3-longrope-bin"}
+
+
+@pytest.mark.parametrize("prompt_len", [24, 40])
+@pytest.mark.parametrize("arch", sorted(GGUF_VARIANTS))
+def test_tiny_gguf_of_each_family_matches_transformers(arch, prompt_len, tmp_path):
+    """The same tiny models written as GGUF with llama.cpp's layout (names, fused tensors, rotary
+    permutation for llama, LongRoPE factor tensors for phi3) give transformers' tokens."""
+    from tests.model.gguf_writer import write_gguf
+
+    hf_model = _save_tiny_model(tmp_path, *VARIANTS[GGUF_VARIANTS[arch]])
+    write_gguf(hf_model, tmp_path / "model.gguf", arch)
+    engine = InferenceEngine.from_pretrained(str(tmp_path / "model.gguf"), dtype="float32")
+    assert type(hf_model).__name__ in engine.description and "GGUF F32" in engine.description
+    _assert_matches_transformers(engine, hf_model, prompt_len)
+
+
+def _assert_matches_transformers(engine: InferenceEngine, hf_model: torch.nn.Module, prompt_len: int) -> None:
     # Seed 3: transformers' own top-2 margin exceeds 1e-3 at all 20 steps of every variant (checked),
     # so every token must match.
     prompt = torch.randint(0, 256, (prompt_len,), generator=torch.Generator().manual_seed(3)).tolist()
