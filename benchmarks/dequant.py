@@ -8,6 +8,7 @@ checked equal before timing.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -18,8 +19,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.loaders import gguf_dequant  # noqa: E402
-from tests.model.test_gguf_reader import _finite_scales  # noqa: E402
+from engine.loaders import gguf_dequant
+from tests.model.test_gguf_reader import _finite_scales
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 TOTAL_BYTES = 100 * 2**20
@@ -52,8 +53,8 @@ def main() -> None:
         shape = (num_blocks, values)
         reference = torch.from_numpy(gguf.quants.dequantize(blocks, qtype).copy()).reshape(shape)
         assert torch.equal(gguf_dequant.dequantize(blocks, qtype, shape), reference), name
-        ref_s = best_of(lambda: gguf.quants.dequantize(blocks, qtype))
-        ours_s = best_of(lambda: gguf_dequant.dequantize(blocks, qtype, shape))
+        ref_s = best_of(functools.partial(gguf.quants.dequantize, blocks, qtype))
+        ours_s = best_of(functools.partial(gguf_dequant.dequantize, blocks, qtype, shape))
         total_ref, total_ours = total_ref + ref_s, total_ours + ours_s
         print(f"| {name} | {blocks.nbytes / 2**20:.1f} | {ref_s:.3f} | {ours_s:.3f} | {ref_s / ours_s:.1f}x |")
     print(f"| all | {TOTAL_BYTES / 2**20:.0f} | {total_ref:.3f} | {total_ours:.3f} | {total_ref / total_ours:.1f}x |")
