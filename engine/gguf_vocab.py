@@ -1,14 +1,14 @@
 """Build a `tokenizers.Tokenizer` from a GGUF file's vocabulary metadata (llama.cpp key names).
 
-Byte-level BPE ("gpt2") vocabularies are supported; the split regex follows `tokenizer.ggml.pre`
-as llama.cpp and transformers do.
+Byte-level BPE ("gpt2") and SentencePiece BPE ("llama") vocabularies are supported; the split regex
+of byte-level ones follows `tokenizer.ggml.pre` as llama.cpp and transformers do.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 
@@ -36,8 +36,11 @@ def _byte_alphabet() -> dict[int, str]:
 
 def build_gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     kind = meta.get("tokenizer.ggml.model")
+    if kind == "llama":
+        return _sentencepiece_tokenizer(meta)
     if kind != "gpt2":
-        raise ValueError(f"unsupported GGUF vocabulary type {kind!r}; supported: gpt2 (byte-level BPE)")
+        raise ValueError(f"unsupported GGUF vocabulary type {kind!r}; supported: gpt2 (byte-level BPE), "
+                         "llama (SentencePiece BPE)")
     tokens: list[str] = list(meta.get("tokenizer.ggml.tokens") or [])
     merges: list[str] = list(meta.get("tokenizer.ggml.merges") or [])
     token_types: list[int] = list(meta.get("tokenizer.ggml.token_type") or [])
@@ -69,12 +72,48 @@ def build_gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     return tokenizer
 
 
+def _sentencepiece_tokenizer(meta: dict[str, Any]) -> Tokenizer:
+    """A SentencePiece BPE vocabulary: merges recovered from the scores (as transformers does),
+    byte fallback, and the space prefix unless tokenizer.ggml.add_space_prefix is false."""
+    tokens: list[str] = list(meta.get("tokenizer.ggml.tokens") or [])
+    scores: list[float] = list(meta.get("tokenizer.ggml.scores") or [])
+    token_types: list[int] = list(meta.get("tokenizer.ggml.token_type") or [])
+    if not tokens or len(scores) != len(tokens):
+        raise ValueError("GGUF SentencePiece vocabulary needs tokenizer.ggml.tokens and one score per token")
+    vocab = {token: index for index, token in enumerate(tokens)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=_merges_from_scores(vocab, dict(zip(tokens, scores))),
+                                     fuse_unk=True, byte_fallback=True, dropout=None))
+    prefix = meta.get("tokenizer.ggml.add_space_prefix", True)
+    # Spaces become "▁" and, like sentencepiece and llama.cpp, one "▁" is always prepended (tokenizers'
+    # Metaspace skips it when the text already starts with a space). The text is not pre-split.
+    spaces = [normalizers.Prepend("▁")] if prefix else []
+    tokenizer.normalizer = normalizers.Sequence(spaces + [normalizers.Replace(" ", "▁")])
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tokenizer.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if prefix else []))
+    _add_marked_tokens(tokenizer, tokens, token_types, None)
+    _add_bos_eos(tokenizer, {"tokenizer.ggml.add_bos_token": True, **meta}, tokens)  # llama.cpp's default
+    return tokenizer
+
+
+def _merges_from_scores(vocab: dict[str, int], scores: dict[str, float]) -> list[tuple[str, str]]:
+    """Every split of every token into two known tokens, best-scored merge first (ties: shorter
+    left part, then shorter right part, the order transformers' generate_merges gives)."""
+    merges = []
+    for merged, score in scores.items():
+        local = [(merged[:i], merged[i:], score) for i in range(1, len(merged))
+                 if merged[:i] in vocab and merged[i:] in vocab]
+        merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
+    merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+    return [(left, right) for left, right, _ in merges]
+
+
 def _add_marked_tokens(tokenizer: Tokenizer, tokens: list[str], token_types: list[int],
-                       alphabet: set[str]) -> None:
+                       alphabet: set[str] | None) -> None:
     """Control tokens become special (kept whole, skipped on decode); user-defined ones plain
-    added tokens. A control token outside the byte alphabet is a llama.cpp mislabel and skipped."""
-    control = [AddedToken(t, normalized=False, special=True)
-               for t, kind in zip(tokens, token_types) if kind == _CONTROL and set(t) <= alphabet]
+    added tokens. In a byte-level vocabulary (`alphabet` given) a control token outside the byte
+    alphabet is a llama.cpp mislabel and skipped."""
+    control = [AddedToken(t, normalized=False, special=True) for t, kind in zip(tokens, token_types)
+               if kind == _CONTROL and (alphabet is None or set(t) <= alphabet)]
     tokenizer.add_special_tokens(control)
     vocab = tokenizer.get_vocab()
     user = [AddedToken(t, normalized=False, special=False)

@@ -9,7 +9,7 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCa
 _GGUF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "phi3": "Phi3ForCausalLM"}
 _HF_MODEL_TYPES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                    "phi3": "Phi3ForCausalLM"}  # for config.json files without "architectures"
-_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+_ROPE_TYPES = ("default", "linear", "llama3", "longrope", "freq_factors")
 _SLIDING_WINDOW_FAMILIES = ("MistralForCausalLM", "Phi3ForCausalLM")
 
 
@@ -94,8 +94,9 @@ class ModelConfig:
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict[str, Any], has_output_tensor: bool,
-                           rope_factors: tuple[list[float], list[float]] | None = None) -> ModelConfig:
-        """`rope_factors`: Phi-3's (short, long) LongRoPE factors, which GGUF stores as tensors."""
+                           rope_factors: dict[str, list[float]] | None = None) -> ModelConfig:
+        """`rope_factors`: rope scaling GGUF stores as tensors, by tensor name without ".weight"
+        (rope_factors_short / rope_factors_long for LongRoPE, rope_freqs for llama3 scaling)."""
         arch = meta.get("general.architecture")
         if arch not in _GGUF_ARCHITECTURES:
             raise ValueError(f"unsupported GGUF architecture {arch!r}; Forge supports "
@@ -161,12 +162,16 @@ def _hf_rope(config: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 
 def _gguf_rope_scaling(meta: dict[str, Any], arch: str,
-                       rope_factors: tuple[list[float], list[float]] | None) -> dict[str, Any] | None:
-    if rope_factors is not None:  # Phi-3 LongRoPE
+                       rope_factors: dict[str, list[float]] | None) -> dict[str, Any] | None:
+    rope_factors = rope_factors or {}
+    if "rope_freqs" in rope_factors:  # llama.cpp divides each rotation speed by its factor
+        return {"rope_type": "freq_factors", "factors": rope_factors["rope_freqs"]}
+    if "rope_factors_long" in rope_factors:  # Phi-3 LongRoPE
         original = meta.get(f"{arch}.rope.scaling.original_context_length")
         if original is None:
             raise ValueError(f"GGUF has rope factor tensors but no {arch}.rope.scaling.original_context_length")
-        return {"rope_type": "longrope", "short_factor": rope_factors[0], "long_factor": rope_factors[1],
+        return {"rope_type": "longrope", "short_factor": rope_factors["rope_factors_short"],
+                "long_factor": rope_factors["rope_factors_long"],
                 "original_max_position_embeddings": int(original),
                 "max_position_embeddings": int(meta[f"{arch}.context_length"]),
                 "attention_factor": meta.get(f"{arch}.rope.scaling.attn_factor")}

@@ -48,6 +48,11 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | N
         return inv_freq / float(scaling["factor"])
     if rope_type == "llama3":
         return _llama3_scaled(inv_freq, scaling)
+    if rope_type == "freq_factors":  # GGUF's rope_freqs tensor: one divisor per rotation speed
+        factors = torch.tensor(scaling["factors"], dtype=torch.float32)
+        if factors.shape != inv_freq.shape:
+            raise ValueError(f"rope_freqs has {factors.numel()} factors, expected {inv_freq.numel()}")
+        return inv_freq / factors
     return inv_freq
 
 

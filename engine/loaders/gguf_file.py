@@ -25,6 +25,7 @@ _LAYER_TENSORS = {
 }
 _FUSED_UP = {"phi3": "mlp.gate_up_proj"}  # llama.cpp stores Phi-3's gate and up rows in ffn_up
 _ROPE_FACTORS = ("rope_factors_short.weight", "rope_factors_long.weight")
+_ROPE_FREQS = "rope_freqs.weight"  # llama3 rope scaling as per-frequency divisors (Llama 3.1/3.2 files)
 _PERMUTED_ROPE = ("llama",)  # llama.cpp interleaves rotary pairs only for these architectures
 _GLOBAL_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _LAYER_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)$")
@@ -52,14 +53,13 @@ def load_gguf(path: str) -> Checkpoint:
     return Checkpoint(config, lambda: _weights(gguf_file, config, arch), tokenizer, description)
 
 
-def _rope_factors(gguf_file: GGUFFile) -> tuple[list[float], list[float]] | None:
-    found = {t.name: t for t in gguf_file.tensors if t.name in _ROPE_FACTORS}
-    if not found:
-        return None
-    if len(found) != 2:
+def _rope_factors(gguf_file: GGUFFile) -> dict[str, list[float]]:
+    """Rope scaling that GGUF stores as tensors: LongRoPE's short/long factors, or rope_freqs."""
+    found = {t.name: t for t in gguf_file.tensors if t.name in (*_ROPE_FACTORS, _ROPE_FREQS)}
+    if sum(name in found for name in _ROPE_FACTORS) == 1:
         raise ModelLoadError(f"{gguf_file.path}: has one of the two LongRoPE factor tensors")
-    return tuple(gguf_dequant.dequantize(gguf_file.tensor_bytes(found[n]), found[n].qtype, found[n].shape)
-                 .float().tolist() for n in _ROPE_FACTORS)
+    return {name.removesuffix(".weight"): gguf_dequant.dequantize(gguf_file.tensor_bytes(t), t.qtype, t.shape)
+            .float().tolist() for name, t in found.items()}
 
 
 def _check_tensors(path: str, gguf_file: GGUFFile, arch: str) -> None:
@@ -74,7 +74,7 @@ def _check_tensors(path: str, gguf_file: GGUFFile, arch: str) -> None:
 
 def _hf_name(gguf_name: str, arch: str) -> str | None:
     """The Hugging Face name of a GGUF tensor; "" for tensors read elsewhere; None if unknown."""
-    if gguf_name in _ROPE_FACTORS:
+    if gguf_name in _ROPE_FACTORS or gguf_name == _ROPE_FREQS:
         return ""  # part of the rope configuration
     base, _, kind = gguf_name.rpartition(".")
     if base in _GLOBAL_TENSORS:

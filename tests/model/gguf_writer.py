@@ -37,8 +37,15 @@ def write_gguf(model: torch.nn.Module, path, arch: str) -> None:
     writer.add_token_merges(["Ġ t"])
     writer.add_token_types([1] * len(tokens))
     writer.add_eos_token_id(config.vocab_size - 2)
+    rope = config.rope_parameters
+    if rope.get("rope_type") == "llama3":  # llama.cpp stores it as per-frequency divisors
+        from engine.rope import inverse_frequencies
+
+        head_dim = config.hidden_size // config.num_attention_heads
+        plain = inverse_frequencies(head_dim, rope["rope_theta"], None)
+        writer.add_tensor("rope_freqs.weight", (plain / inverse_frequencies(head_dim, rope["rope_theta"], rope))
+                          .numpy())
     if arch == "phi3":
-        rope = config.rope_parameters
         writer.add_uint32(f"{arch}.rope.scaling.original_context_length", rope["original_max_position_embeddings"])
         writer.add_uint32(f"{arch}.attention.sliding_window", config.sliding_window or 0)
         writer.add_tensor("rope_factors_long.weight", np.asarray(rope["long_factor"], np.float32))

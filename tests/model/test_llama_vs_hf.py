@@ -50,18 +50,20 @@ def test_tiny_model_matches_transformers(variant, prompt_len, tmp_path):
     _assert_matches_transformers(engine, hf_model, prompt_len)
 
 
-GGUF_VARIANTS = {"llama": "llama-untied", "qwen2": "qwen2-biases", "phi3": "phi3-longrope-bin"}
+GGUF_VARIANTS = {"llama-untied": "llama", "llama3-rope": "llama", "qwen2-biases": "qwen2",
+                 "phi3-longrope-bin": "phi3"}
 
 
 @pytest.mark.parametrize("prompt_len", [24, 40])
-@pytest.mark.parametrize("arch", sorted(GGUF_VARIANTS))
-def test_tiny_gguf_of_each_family_matches_transformers(arch, prompt_len, tmp_path):
+@pytest.mark.parametrize("variant", sorted(GGUF_VARIANTS))
+def test_tiny_gguf_of_each_family_matches_transformers(variant, prompt_len, tmp_path):
     """The same tiny models written as GGUF with llama.cpp's layout (names, fused tensors, rotary
-    permutation for llama, LongRoPE factor tensors for phi3) give transformers' tokens."""
+    permutation for llama, rope_freqs for llama3 scaling, LongRoPE factor tensors for phi3) give
+    transformers' tokens."""
     from tests.model.gguf_writer import write_gguf
 
-    hf_model = _save_tiny_model(tmp_path, *VARIANTS[GGUF_VARIANTS[arch]])
-    write_gguf(hf_model, tmp_path / "model.gguf", arch)
+    hf_model = _save_tiny_model(tmp_path, *VARIANTS[variant])
+    write_gguf(hf_model, tmp_path / "model.gguf", GGUF_VARIANTS[variant])
     engine = InferenceEngine.from_pretrained(str(tmp_path / "model.gguf"), dtype="float32")
     assert type(hf_model).__name__ in engine.description and "GGUF F32" in engine.description
     _assert_matches_transformers(engine, hf_model, prompt_len)
