@@ -25,6 +25,7 @@ from engine.engine_core import EngineCore, RequestDelta
 from engine.llama import Llama
 from engine.loaders import Checkpoint, open_checkpoint
 from engine.model_runner import ModelRunner
+from engine.request import Request
 from engine.sampler import Sampler
 from engine.scheduler import Scheduler
 from engine.tokenizer import Tokenizer
@@ -46,6 +47,8 @@ class InferenceEngine:
         self._rids = itertools.count()
         self._lock = threading.Lock()  # one stepping caller at a time (generate vs. stream pump)
         self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestDelta]]] = {}
+        self._awaited: set[int] = set()  # rids some generate() call is waiting for
+        self._finished: dict[int, Request] = {}  # of those, the ones that ended, until collected
         self._pump: asyncio.Task | None = None
 
     # --- construction ---------------------------------------------------------------------------
@@ -134,10 +137,15 @@ class InferenceEngine:
                 for rid in rids:
                     self.core.abort(rid)
                 raise
-        mine, done = set(rids), {}
-        while len(done) < len(rids):
-            finished = compute_thread.run(self._step_and_route)
-            done.update((rid, r) for rid, r in finished.items() if rid in mine)
+            self._awaited.update(rids)
+        pending, done = set(rids), {}
+        while pending:  # whichever caller steps, finished requests wait in _finished for their owner
+            compute_thread.run(self._step_and_route)
+            with self._lock:
+                for rid in [rid for rid in pending if rid in self._finished]:
+                    done[rid] = self._finished.pop(rid)
+                    pending.discard(rid)
+                    self._awaited.discard(rid)
         completions = [self._completion(done[rid]) for rid in rids]
         return completions[0] if single else completions
 
@@ -146,7 +154,7 @@ class InferenceEngine:
             raise ValueError(f"prompt has {len(prompt_ids)} tokens but the model's context is "
                              f"{self.max_model_len} (max_model_len), including at least one new token")
 
-    def _completion(self, request: Any) -> Completion:
+    def _completion(self, request: Request) -> Completion:
         output_ids = request.output_ids
         text = self.tokenizer.decode(output_ids) if self.tokenizer is not None else ""
         return Completion(text=text, token_ids=output_ids, finish_reason=request.finish_reason.openai_name,
@@ -172,8 +180,8 @@ class InferenceEngine:
         queue: asyncio.Queue[RequestDelta] = asyncio.Queue()
         with self._lock:
             rid = next(self._rids)
+            self.core.add_request(rid, prompt_ids, params or SamplingParams())  # may refuse: nothing registered
             self._streams[rid] = (asyncio.get_running_loop(), queue)
-            self.core.add_request(rid, prompt_ids, params or SamplingParams())
         self._ensure_pump()
         try:
             while True:
@@ -198,10 +206,9 @@ class InferenceEngine:
         while self._streams:
             await compute_thread.run_async(self._step_and_route)
 
-    def _step_and_route(self) -> dict[int, Any]:
-        """One engine step. Stream requests' deltas go to their queues; returns the other
-        requests that finished, by rid (generate() picks its own out of them)."""
-        finished = {}
+    def _step_and_route(self) -> None:
+        """One engine step. Stream requests' deltas go to their queues; other requests that
+        finished wait in _finished until their generate() call collects them."""
         with self._lock:
             deltas = self.core.step() if self.core.has_work() else []
             for delta in deltas:
@@ -211,6 +218,5 @@ class InferenceEngine:
                         del self._streams[delta.rid]
                     loop, queue = stream
                     loop.call_soon_threadsafe(queue.put_nowait, delta)
-                elif delta.finish_reason:
-                    finished[delta.rid] = delta.request
-        return finished
+                elif delta.finish_reason and delta.rid in self._awaited:
+                    self._finished[delta.rid] = delta.request

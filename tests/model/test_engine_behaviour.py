@@ -128,3 +128,24 @@ def test_penalties_break_a_repetitive_continuation(smollm2):
     assert most_repeated(plain.token_ids) >= 4
     for out in penalized:
         assert most_repeated(out.token_ids) < most_repeated(plain.token_ids)
+
+
+def test_concurrent_generate_calls_from_threads_all_return(smollm2):
+    import concurrent.futures
+
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(smollm2.generate, [f"Thread {i} says", f"and {i} adds"], params) for i in range(4)]
+        results = [f.result(timeout=120) for f in futures]
+    assert all(len(out.token_ids) == 6 for pair in results for out in pair)
+    assert not smollm2._finished and not smollm2._awaited and not smollm2.core.scheduler.requests
+
+
+def test_a_refused_stream_leaves_nothing_behind(smollm2):
+    async def refused() -> None:
+        async for _ in smollm2.stream_tokens([10**9], SamplingParams(max_tokens=2)):
+            pass
+
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        asyncio.run(refused())
+    assert not smollm2._streams
