@@ -29,8 +29,8 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from engine import InferenceEngine, SamplingParams  # noqa: E402
-from tests.e2e.stack import free_port  # noqa: E402
+from engine import InferenceEngine, SamplingParams
+from tests.e2e.stack import free_port
 
 
 def tree_cpu_seconds(root: psutil.Process) -> float:
