@@ -37,10 +37,12 @@ logger = logging.getLogger("forge.engine")
 
 
 class EngineLoop:
-    def __init__(self, core: EngineCore, ready: EngineReady, pull_address: str, router_address: str) -> None:
+    def __init__(self, core: EngineCore, ready: EngineReady, pull_address: str, router_address: str,
+                 curve_dir: str | None = None) -> None:
         self.core = core
         self.ready = ready
         self.pull_address, self.router_address = pull_address, router_address
+        self.curve_dir = curve_dir  # None: plain sockets (local ipc://, or a trusted network)
         self.clients: dict[bytes, str] = {}  # identity -> role
         self.worker_of: dict[int, int] = {}  # rid -> worker id
         self.num_prompt_tokens = 0
@@ -54,9 +56,11 @@ class EngineLoop:
 
     def _serve(self) -> None:
         context = zmq.Context()
-        self.pull = ipc.Inbox(ipc.make_socket(context, zmq.PULL, self.pull_address, bind=True), ToEnginePull)
-        self.router = ipc.Inbox(ipc.make_socket(context, zmq.ROUTER, self.router_address, bind=True),
-                                ToEngineRouter)
+        authenticator = ipc.start_authenticator(context, self.curve_dir) if self.curve_dir else None
+        self.pull = ipc.Inbox(ipc.make_socket(context, zmq.PULL, self.pull_address, True, None, self.curve_dir),
+                              ToEnginePull)
+        self.router = ipc.Inbox(ipc.make_socket(context, zmq.ROUTER, self.router_address, True, None,
+                                                self.curve_dir), ToEngineRouter)
         poller = zmq.Poller()
         poller.register(self.pull.socket, zmq.POLLIN)
         poller.register(self.router.socket, zmq.POLLIN)
@@ -75,6 +79,8 @@ class EngineLoop:
                 if self.core.has_work():
                     self._publish(self.core.step())
         finally:
+            if authenticator is not None:
+                authenticator.stop()
             context.destroy(linger=0)
 
     def _drain(self) -> None:

@@ -40,7 +40,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     launch.set_title("forge-frontend")
     config = FrontendConfig(host=args.host, port=args.port, max_num_seqs=args.max_num_seqs,
-                            max_queued_requests=args.max_queued_requests,
+                            max_queued_requests=args.max_queued_requests, curve_dir=args.curve_dir,
                             **({"worker_address": args.worker_address} if args.worker_address else {}))
     return launch.serve(args.model, config, args.workers, _engine_options(args), args.engine_address)
 
@@ -51,7 +51,8 @@ def _run_frontend(args: argparse.Namespace) -> int:
 
     launch.set_title("forge-frontend")
     config = FrontendConfig(host=args.host, port=args.port, worker_address=args.worker_address,
-                            max_num_seqs=args.max_num_seqs, max_queued_requests=args.max_queued_requests)
+                            max_num_seqs=args.max_num_seqs, max_queued_requests=args.max_queued_requests,
+                            curve_dir=args.curve_dir)
     return launch.serve_frontend(config)
 
 
@@ -79,7 +80,7 @@ def _run_engine(args: argparse.Namespace) -> int:
                         tokenizer.backend.to_str(), tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
     router, pull = engine_addresses(args.engine)
     print(f"forge-engine: {engine.description}", file=sys.stderr, flush=True)
-    EngineLoop(engine.core, ready, pull, router).run()
+    EngineLoop(engine.core, ready, pull, router, args.curve_dir).run()
     return 0
 
 
@@ -89,7 +90,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
     worker_id = args.worker_id if args.worker_id is not None else secrets.randbits(31)
     set_title(f"forge-worker-{worker_id}")
-    TokenizerWorker(worker_id, args.frontend, args.engine).run()
+    TokenizerWorker(worker_id, args.frontend, args.engine, args.curve_dir).run()
     return 0
 
 
@@ -114,6 +115,19 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_keys(args: argparse.Namespace) -> int:
+    from shared.ipc import create_keys
+
+    create_keys(args.directory)
+    print(f"forge: CURVE keys written to {args.directory}; pass --curve-dir {args.directory} to every process")
+    return 0
+
+
+def _add_curve_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--curve-dir", default=None,
+                   help="encrypt and authenticate ZeroMQ sockets with the keys in this directory (`forge keys`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forge", description="Forge LLM inference server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-address", default=None,
                    help="where the engine binds (default: ipc:// in a temp dir); tcp://H:P uses P and P+1")
     _add_engine_options(p)
+    _add_curve_option(p)
     p.set_defaults(run=_run_serve)
 
     p = sub.add_parser("frontend", help="run the HTTP frontend alone; workers attach to --worker-address")
@@ -137,19 +152,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-address", default="tcp://127.0.0.1:5557")
     p.add_argument("--max-num-seqs", type=int, default=128)
     p.add_argument("--max-queued-requests", type=int, default=256)
+    _add_curve_option(p)
     p.set_defaults(run=_run_frontend)
 
     p = sub.add_parser("engine", help="run the engine process (owns the device)")
     p.add_argument("--model", default=None)
     p.add_argument("--engine", required=True, help="address to bind, e.g. tcp://0.0.0.0:5555 (uses P and P+1)")
     _add_engine_options(p)
+    _add_curve_option(p)
     p.set_defaults(run=_run_engine)
 
     p = sub.add_parser("worker", help="attach one tokenizer worker to a running frontend and engine")
     p.add_argument("--frontend", required=True, help="the frontend's worker address, e.g. tcp://host:5557")
     p.add_argument("--engine", required=True, help="the engine's address, e.g. tcp://host:5555")
     p.add_argument("--worker-id", type=int, default=None, help="unique id (default: random)")
+    _add_curve_option(p)
     p.set_defaults(run=_run_worker)
+
+    p = sub.add_parser("keys", help="create CURVE keys for encrypted cross-host sockets")
+    p.add_argument("directory")
+    p.set_defaults(run=_run_keys)
 
     p = sub.add_parser("generate", help="generate text in-process and stream it to stdout")
     p.add_argument("prompt", help="the prompt (with --chat: the user message)")

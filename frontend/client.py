@@ -94,9 +94,10 @@ class RequestStream:
 
 
 class EngineClient:
-    def __init__(self, address: str, max_in_flight: int) -> None:
+    def __init__(self, address: str, max_in_flight: int, curve_dir: str | None = None) -> None:
         self.address = address
         self.max_in_flight = max_in_flight
+        self.curve_dir = curve_dir  # None: plain sockets
         self.workers: dict[int, Worker] = {}
         self.streams: dict[int, RequestStream] = {}
         self.pending_tokenize: dict[int, asyncio.Future] = {}
@@ -108,13 +109,17 @@ class EngineClient:
 
     async def start(self) -> None:
         self.context = zmq.asyncio.Context()
-        self.inbox = ipc.Inbox(ipc.make_socket(self.context, zmq.ROUTER, self.address, bind=True), ToFrontend)
+        self.authenticator = ipc.start_authenticator(self.context, self.curve_dir) if self.curve_dir else None
+        self.inbox = ipc.Inbox(ipc.make_socket(self.context, zmq.ROUTER, self.address, True, None, self.curve_dir),
+                               ToFrontend)
         self._tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._watch_workers())]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.destroy(linger=0)
 
     @property

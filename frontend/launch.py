@@ -91,9 +91,10 @@ def serve(model: str | None, config: FrontendConfig, num_workers: int, engine_ar
     if config.worker_address == FrontendConfig.worker_address:
         config = dataclasses.replace(config, worker_address=f"ipc://{run_dir}/workers")
     model_args = ["--model", model] if model else []
-    children = [spawn(["engine", *model_args, "--engine", engine_address, *engine_args])]
+    curve_args = ["--curve-dir", config.curve_dir] if config.curve_dir else []
+    children = [spawn(["engine", *model_args, "--engine", engine_address, *curve_args, *engine_args])]
     children += [spawn(["worker", "--frontend", config.worker_address, "--engine", engine_address,
-                        "--worker-id", str(i)]) for i in range(1, num_workers + 1)]
+                        "--worker-id", str(i), *curve_args]) for i in range(1, num_workers + 1)]
     try:
         asyncio.run(_serve_http(config, children, model or "the embedded default model"))
     finally:

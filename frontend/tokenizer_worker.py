@@ -55,8 +55,10 @@ class _Active:
 
 
 class TokenizerWorker:
-    def __init__(self, worker_id: int, frontend_address: str, engine_address: str) -> None:
+    def __init__(self, worker_id: int, frontend_address: str, engine_address: str,
+                 curve_dir: str | None = None) -> None:
         self.worker_id = worker_id
+        self.curve_dir = curve_dir  # None: plain sockets
         self.tokenizer: Tokenizer | None = None  # arrives with EngineReady
         router_address, pull_address = engine_addresses(engine_address)
         self.addresses = (frontend_address, pull_address, router_address)
@@ -71,9 +73,12 @@ class TokenizerWorker:
         context = zmq.Context()
         identity = ipc.identity_of(self.worker_id)
         frontend_address, pull_address, router_address = self.addresses
-        self.frontend = ipc.Inbox(ipc.make_socket(context, zmq.DEALER, frontend_address, False, identity), ToWorker)
-        self.to_engine = ipc.make_socket(context, zmq.PUSH, pull_address, bind=False)
-        self.engine = ipc.Inbox(ipc.make_socket(context, zmq.DEALER, router_address, False, identity), FromEngine)
+        curve = self.curve_dir
+        self.frontend = ipc.Inbox(ipc.make_socket(context, zmq.DEALER, frontend_address, False, identity, curve),
+                                  ToWorker)
+        self.to_engine = ipc.make_socket(context, zmq.PUSH, pull_address, False, None, curve)
+        self.engine = ipc.Inbox(ipc.make_socket(context, zmq.DEALER, router_address, False, identity, curve),
+                                FromEngine)
         try:
             self._register()
             self._serve()

@@ -72,6 +72,7 @@ class FrontendConfig:
     max_queued_requests: int = 256  # requests beyond that wait in line; more get 429
     max_body_bytes: int = 8 * 2**20
     shutdown_timeout_s: float = 5.0  # on SIGTERM: time to drain before in-flight requests are aborted
+    curve_dir: str | None = None  # CURVE keys (`forge keys DIR`); None: plain sockets
 
     def __post_init__(self) -> None:
         _positive("port", self.port)

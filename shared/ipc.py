@@ -23,9 +23,13 @@ def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
 
 
-def make_socket(context: zmq.Context, kind: int, address: str, bind: bool, identity: bytes | None = None
-                ) -> zmq.Socket:
+def make_socket(context: zmq.Context, kind: int, address: str, bind: bool, identity: bytes | None = None,
+                curve_dir: str | None = None) -> zmq.Socket:
+    """With `curve_dir` (see `create_keys`), the socket is CURVE-encrypted: binders as servers,
+    connectors as clients that must know the server's public key."""
     socket = context.socket(kind)
+    if curve_dir is not None:
+        _secure(socket, curve_dir, as_server=bind)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
@@ -81,3 +85,52 @@ def send(socket: zmq.Socket, message: msgspec.Struct, identity: bytes | None = N
     if identity is None:
         return socket.send(payload)
     return socket.send_multipart([identity, payload])
+
+
+# --- CURVE: encryption and client authentication for sockets that cross hosts ---------------------
+_SERVER, _CLIENT = "server", "client"
+
+
+def create_keys(directory: str) -> None:
+    """Write a server and a client keypair (server.key, server.key_secret, client.key,
+    client.key_secret). Copy the directory to every host of the stack; keep it private."""
+    import os
+
+    import zmq.auth
+
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for name in (_SERVER, _CLIENT):
+        zmq.auth.create_certificates(directory, name)
+
+
+def _secure(socket: zmq.Socket, directory: str, as_server: bool) -> None:
+    import os
+
+    import zmq.auth
+
+    def load(name: str, secret: bool) -> tuple[bytes, bytes | None]:
+        path = os.path.join(directory, f"{name}.key_secret" if secret else f"{name}.key")
+        if not os.path.isfile(path):
+            raise ValueError(f"CURVE key file {path} is missing (create the keys with `forge keys {directory}`)")
+        return zmq.auth.load_certificate(path)
+
+    if as_server:
+        public, secret = load(_SERVER, secret=True)
+        socket.curve_server = True
+    else:
+        public, secret = load(_CLIENT, secret=True)
+        socket.curve_serverkey = load(_SERVER, secret=False)[0]
+    socket.curve_publickey, socket.curve_secretkey = public, secret
+
+
+def start_authenticator(context: zmq.Context, directory: str) -> object:
+    """Accept only CURVE clients whose public key is in `directory`. Keep the returned
+    authenticator alive (and `.stop()` it) for as long as the context serves."""
+    if isinstance(context, zmq.asyncio.Context):
+        from zmq.auth.asyncio import AsyncioAuthenticator as Authenticator
+    else:
+        from zmq.auth.thread import ThreadAuthenticator as Authenticator
+    authenticator = Authenticator(context)
+    authenticator.start()
+    authenticator.configure_curve(domain="*", location=directory)
+    return authenticator
