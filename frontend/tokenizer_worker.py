@@ -147,9 +147,7 @@ class TokenizerWorker:
     def _tokenize_only(self, request: TokenizeRequest) -> TokenizeResult:
         try:
             if request.token_ids is not None:
-                ids = request.token_ids
-                if any(not 0 <= t < self.tokenizer.vocab_size for t in ids):
-                    raise ValueError(f"token ids must lie in [0, {self.tokenizer.vocab_size})")
+                ids = self._checked_ids(request.token_ids)
                 return TokenizeResult(request.rid, ids, self.tokenizer.decode(ids), "")
             if request.messages is not None:
                 ids, text = self._tokenize(GenerateRequest(request.rid, SamplingParams(), messages=request.messages))
@@ -185,11 +183,14 @@ class TokenizerWorker:
             return self.tokenizer.encode(text, add_special_tokens=False), text
         if request.prompt is not None:
             return self.tokenizer.encode(request.prompt), request.prompt
-        ids = list(request.prompt_ids or [])
+        ids = self._checked_ids(list(request.prompt_ids or []))
+        return ids, self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _checked_ids(self, ids: list[int]) -> list[int]:
         vocab_size = self.tokenizer.vocab_size
         if any(not 0 <= t < vocab_size for t in ids):
-            raise ValueError(f"prompt has token ids outside the vocabulary [0, {vocab_size})")
-        return ids, self.tokenizer.decode(ids, skip_special_tokens=False)
+            raise ValueError(f"token ids must lie in the vocabulary [0, {vocab_size})")
+        return ids
 
     def _check_limits(self, prompt_ids: list[int], max_tokens: int) -> None:
         limit = self.engine_ready.max_model_len
@@ -233,7 +234,8 @@ class TokenizerWorker:
             out.num_output_tokens.append(state.num_output_tokens)
             out.num_cached_tokens.append(deltas.num_cached_tokens[i])
             out.errors.append(error)
-            out.error_codes.append((400 if "context" in error else 500) if error else 0)
+            # Refused before any token: the request cannot be served as asked (400); later: ours (500).
+            out.error_codes.append(0 if not error else 400 if state.num_output_tokens == 0 else 500)
             out.logprobs.append([self._text_logprob(e) for e in deltas.logprobs[i]] if state.wants_logprobs else [])
         if out.rids:
             self._send_text(out)
