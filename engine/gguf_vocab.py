@@ -20,7 +20,7 @@ _SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLA
            "smaug-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT, "deepseek-r1-qwen": _QWEN2_SPLIT}
 
 
-def _byte_alphabet() -> dict[int, str]:
+def byte_alphabet() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -46,7 +46,7 @@ def build_gguf_tokenizer(meta: dict[str, Any]) -> Tokenizer:
     token_types: list[int] = list(meta.get("tokenizer.ggml.token_type") or [])
     if not tokens or not merges:
         raise ValueError("GGUF vocabulary lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
-    spelling = _byte_alphabet()
+    spelling = byte_alphabet()
     alphabet = set(spelling.values())
 
     def respell(token: str) -> str:  # a token outside the byte alphabet is spelled byte by byte

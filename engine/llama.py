@@ -132,9 +132,10 @@ class Llama(nn.Module):
         """Copy Hugging Face-named tensors in, fusing q/k/v and gate/up; every parameter must be
         filled exactly once, and unknown or mis-shaped tensors raise ValueError."""
         params = dict(self.named_parameters())
+        fused = self._fused_parts()
         filled: set[str] = set()
         for hf_name, tensor in weights:
-            target, row = self._locate(hf_name)
+            target, row = self._locate(hf_name, fused)
             if target is None:
                 continue
             if target not in params:
@@ -148,18 +149,21 @@ class Llama(nn.Module):
             filled.add(hf_name.removeprefix("model."))
         self._check_all_filled(params, filled)
 
-    def _locate(self, hf_name: str) -> tuple[str | None, tuple[int, int] | None]:
+    def _fused_parts(self) -> dict[str, tuple[str, int, int]]:
+        """Checkpoint part -> (fused parameter, first row, num rows): q/k/v and gate/up."""
+        q, kv, inter = self.config.num_heads * self.config.head_dim, \
+            self.config.num_kv_heads * self.config.head_dim, self.config.intermediate_size
+        return {"q_proj": ("qkv_proj", 0, q), "k_proj": ("qkv_proj", q, kv), "v_proj": ("qkv_proj", q + kv, kv),
+                "gate_proj": ("gate_up_proj", 0, inter), "up_proj": ("gate_up_proj", inter, inter)}
+
+    def _locate(self, hf_name: str, fused: dict[str, tuple[str, int, int]]
+                ) -> tuple[str | None, tuple[int, int] | None]:
         """Where a HF tensor goes: (parameter name, (first row, num rows) inside it or None)."""
         name = hf_name.removeprefix("model.")
         if "rotary_emb" in name:
             return None, None  # derived, not loaded
         if name == "lm_head.weight" and self.lm_head is None:
             return None, None  # tied: the embedding serves as the head
-        attn = self.layers[0].self_attn if len(self.layers) else None
-        q, kv = (attn.q_size, attn.kv_size) if attn else (0, 0)
-        fused = {"q_proj": ("qkv_proj", 0, q), "k_proj": ("qkv_proj", q, kv), "v_proj": ("qkv_proj", q + kv, kv),
-                 "gate_proj": ("gate_up_proj", 0, self.config.intermediate_size),
-                 "up_proj": ("gate_up_proj", self.config.intermediate_size, self.config.intermediate_size)}
         for part, (whole, start, size) in fused.items():
             if f".{part}." in name:
                 return name.replace(part, whole), (start, size)

@@ -92,15 +92,14 @@ class Scheduler:
             budget -= num_new
             index += 1
         if batch.num_preempted == 0:
-            budget = self._admit_waiting(batch, budget)
+            self._admit_waiting(batch, budget)
         return batch
 
     def _allocate_or_preempt(self, request: Request, num_new: int, batch: ScheduledBatch) -> bool:
         while not self.block_manager.allocate(request, num_new):
             victim = self.running[-1]
             if victim is request and len(self.running) == 1:
-                self._finish(request, FinishReason.ERROR, "the KV cache is too small for this request "
-                             f"({self.block_manager.num_blocks} blocks of {self.block_manager.block_size})")
+                self._fail_too_large(request)
                 return False
             self._preempt(victim, batch)
             if victim is request:
@@ -118,16 +117,20 @@ class Scheduler:
         batch.num_preempted += 1
         self.num_preemptions += 1
 
-    def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> int:
+    def _fail_too_large(self, request: Request) -> None:
+        """Every block is free and `request` still does not fit: it never will."""
+        self._finish(request, FinishReason.ERROR, "the KV cache is too small for this request "
+                     f"({self.block_manager.num_blocks} blocks of {self.block_manager.block_size})")
+
+    def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
             cached = self.block_manager.find_cached_prefix(request.token_ids)
             num_computed = len(cached) * self.block_manager.block_size
             num_new = min(request.num_tokens - num_computed, budget)
             if not self.block_manager.allocate(request, num_new, cached):
-                if not self.running:  # every block is free and it still does not fit: never will
-                    self._finish(request, FinishReason.ERROR, "the KV cache is too small for this "
-                                 f"request ({self.block_manager.num_blocks} blocks)")
+                if not self.running:
+                    self._fail_too_large(request)
                     continue
                 break  # wait for blocks to free up; FCFS, no skipping ahead
             self.waiting.popleft()
@@ -141,7 +144,6 @@ class Scheduler:
             batch.requests.append(request)
             batch.num_new_tokens.append(num_new)
             budget -= num_new
-        return budget
 
     def update_from_output(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[Request]:
         """Advance each scheduled request; `sampled[i]` is the token request i drew, or None for

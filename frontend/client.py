@@ -136,7 +136,7 @@ class EngineClient:
             raise Unavailable("the engine or its tokenizer workers are not ready")
         if len(self.streams) >= self.max_in_flight:
             raise QueueFull(f"the server is at capacity ({self.max_in_flight} requests in flight); retry later")
-        worker = min(self.workers.values(), key=lambda w: (w.num_in_flight, w.num_requests_total))
+        worker = self._least_loaded()
         rid = next(self._rids)
         request: GenerateRequest = make_request(rid)
         stream = RequestStream(self, rid, worker)
@@ -151,7 +151,7 @@ class EngineClient:
         """Ask the least-loaded worker to tokenize or detokenize (`make_request(rid)`)."""
         if not self.workers:
             raise Unavailable("no tokenizer worker is ready")
-        worker = min(self.workers.values(), key=lambda w: w.num_in_flight)
+        worker = self._least_loaded()
         rid = next(self._rids)
         future = self.pending_tokenize[rid] = asyncio.get_running_loop().create_future()
         try:
@@ -161,6 +161,10 @@ class EngineClient:
             raise Unavailable("the tokenizer worker did not answer") from None
         finally:
             self.pending_tokenize.pop(rid, None)
+
+    def _least_loaded(self) -> Worker:
+        """Fewest requests in flight; ties go to the one that has served fewer, spreading load."""
+        return min(self.workers.values(), key=lambda w: (w.num_in_flight, w.num_requests_total))
 
     def abort(self, stream: RequestStream) -> None:
         if stream.worker.worker_id in self.workers:

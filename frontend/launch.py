@@ -10,7 +10,6 @@ import asyncio
 import ctypes
 import dataclasses
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -115,4 +114,3 @@ def set_title(title: str) -> None:
     except ImportError:
         return
     setproctitle.setproctitle(title)
-    os.environ["FORGE_ROLE"] = title

@@ -49,12 +49,12 @@ def _high_bits(blocks: torch.Tensor, start: int) -> torch.Tensor:
 
 
 def _q5_0(blocks: torch.Tensor) -> torch.Tensor:  # scale, 32 high bits, 16 bytes of low nibbles
-    low = _shifted(blocks[:, 6:], (blocks.shape[0], 1, 1, 16), [0, 4], 0x0F).reshape(-1, 32)
+    low = _nibbles(blocks[:, 6:])
     return ((low | (_high_bits(blocks, 2) << 4)).to(torch.int8) - 16).float().mul_(_scale(blocks, 0))
 
 
 def _q5_1(blocks: torch.Tensor) -> torch.Tensor:  # scale, minimum, 32 high bits, low nibbles
-    low = _shifted(blocks[:, 8:], (blocks.shape[0], 1, 1, 16), [0, 4], 0x0F).reshape(-1, 32)
+    low = _nibbles(blocks[:, 8:])
     return (low | (_high_bits(blocks, 4) << 4)).float().mul_(_scale(blocks, 0)).add_(_scale(blocks, 2))
 
 

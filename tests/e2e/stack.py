@@ -41,28 +41,11 @@ def forge(*args: str, **popen) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "frontend.cli", *args], cwd=REPO, **popen)
 
 
-class Stack:
-    """`forge serve` on free ports, with tcp:// addresses so more workers can be attached."""
+class HttpProbe:
+    """HTTP helpers against a running Forge frontend at `url`."""
 
-    def __init__(self, *extra: str) -> None:
-        self.port = free_port()
-        self.worker_address = f"tcp://127.0.0.1:{free_port()}"
-        self.engine_address = f"tcp://127.0.0.1:{free_port(2)}"
-        self.process = forge("serve", "--port", str(self.port), "--worker-address", self.worker_address,
-                             "--engine-address", self.engine_address, *extra,
-                             stdout=subprocess.PIPE, text=True)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._wait_ready()
-
-    def _wait_ready(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        for line in self.process.stdout:
-            if line.startswith("forge: serving"):
-                return
-            if time.monotonic() > deadline:
-                break
-        self.stop()
-        pytest.fail("forge serve did not become ready")
+    def __init__(self, url: str) -> None:
+        self.url = url
 
     def get(self, path: str) -> tuple[int, bytes]:
         return self.request("GET", path)
@@ -97,6 +80,30 @@ class Stack:
                 return True
             time.sleep(0.05)
         return condition()
+
+
+class Stack(HttpProbe):
+    """`forge serve` on free ports, with tcp:// addresses so more workers can be attached."""
+
+    def __init__(self, *extra: str) -> None:
+        self.port = free_port()
+        self.worker_address = f"tcp://127.0.0.1:{free_port()}"
+        self.engine_address = f"tcp://127.0.0.1:{free_port(2)}"
+        self.process = forge("serve", "--port", str(self.port), "--worker-address", self.worker_address,
+                             "--engine-address", self.engine_address, *extra,
+                             stdout=subprocess.PIPE, text=True)
+        super().__init__(f"http://127.0.0.1:{self.port}")
+        self._wait_ready()
+
+    def _wait_ready(self, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        for line in self.process.stdout:
+            if line.startswith("forge: serving"):
+                return
+            if time.monotonic() > deadline:
+                break
+        self.stop()
+        pytest.fail("forge serve did not become ready")
 
     def stop(self) -> None:
         if self.process.poll() is None:

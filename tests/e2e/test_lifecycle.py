@@ -9,7 +9,7 @@ import openai
 import psutil
 
 from tests.e2e.conftest import MODEL
-from tests.e2e.stack import Stack, forge, free_port
+from tests.e2e.stack import HttpProbe, Stack, forge, free_port
 
 
 def _children(pid: int) -> list[psutil.Process]:
@@ -51,8 +51,7 @@ def test_a_dead_engine_turns_health_to_503_and_fails_requests():
     processes = [engine, frontend, worker]
     url = f"http://127.0.0.1:{port}"
     try:
-        probe = Stack.__new__(Stack)  # reuse the HTTP helpers against this hand-built topology
-        probe.url = url
+        probe = HttpProbe(url)
         assert probe.wait_for(lambda: _status(probe) == 200, timeout_s=120)
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
         stream = client.completions.create(model=MODEL, prompt="A long story:", max_tokens=2000, stream=True,
@@ -79,7 +78,7 @@ def test_a_dead_engine_turns_health_to_503_and_fails_requests():
             p.wait()
 
 
-def _status(stack: Stack) -> int:
+def _status(stack: HttpProbe) -> int:
     try:
         return stack.get("/health")[0]
     except OSError:

@@ -6,7 +6,7 @@ import gguf
 import numpy as np
 import torch
 
-from engine.gguf_vocab import _byte_alphabet
+from engine.gguf_vocab import byte_alphabet
 
 _LAYER = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
           "self_attn.v_proj": "attn_v", "self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output",
@@ -31,7 +31,7 @@ def write_gguf(model: torch.nn.Module, path, arch: str) -> None:
         writer.add_uint32(f"{arch}.{key}", value)
     writer.add_float32(f"{arch}.rope.freq_base", float(config.rope_parameters["rope_theta"]))
     writer.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", config.rms_norm_eps)
-    tokens = list(_byte_alphabet().values())[:config.vocab_size - 1] + ["Ġt"]
+    tokens = list(byte_alphabet().values())[:config.vocab_size - 1] + ["Ġt"]
     writer.add_tokenizer_model("gpt2")
     writer.add_token_list(tokens)
     writer.add_token_merges(["Ġ t"])
