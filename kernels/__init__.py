@@ -1,20 +1,39 @@
-"""Forge's device ops. `load(kind)` picks one implementation once, at start-up.
+"""Forge's device ops. `load(kind, device)` picks one implementation once, at start-up.
 
 `ref` (kernels/ref.py) is plain torch and runs everywhere; it is the spec and the CPU path.
+`cuda` (kernels/cuda.py) runs the CUDA kernels of kernels/csrc through CuPy, with the same
+functions and signatures.
 """
 
 from __future__ import annotations
 
 import types
 
-KINDS = ("auto", "ref")
+import torch
+
+from shared.config import KERNEL_KINDS
 
 
-def load(kind: str = "auto") -> types.ModuleType:
-    """The ops module for `kind`: `ref`, or `auto` (the best available; today always `ref`)."""
-    if kind not in KINDS:
-        raise ValueError(f"kernels must be one of {', '.join(KINDS)}; got {kind!r} "
-                         "(the CUDA kernels are not part of this build yet)")
+def load(kind: str = "auto", device: torch.device | str = "cpu") -> types.ModuleType:
+    """The ops module for `kind` on `device`: `ref`, `cuda`, or `auto` (cuda when `device` is a
+    CUDA device, torch sees a GPU and CuPy imports; else ref)."""
+    if kind not in KERNEL_KINDS:
+        raise ValueError(f"kernels must be one of {', '.join(KERNEL_KINDS)}; got {kind!r}")
+    on_gpu = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    if kind == "cuda" and not on_gpu:
+        raise ValueError(f"kernels=cuda needs a CUDA device that torch can see; got device {device!s}")
+    if kind == "cuda" or (kind == "auto" and on_gpu and _cupy_imports()):
+        from kernels import cuda
+
+        return cuda
     from kernels import ref
 
     return ref
+
+
+def _cupy_imports() -> bool:
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False
+    return True

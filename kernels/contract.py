@@ -3,7 +3,8 @@
 KV cache layout (one pair of tensors per layer):
     k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
     A token's slot is `block_id * block_size + offset_in_block`; `slot_mapping[t]` is the slot
-    token t of the flat batch writes to.
+    token t of the flat batch writes to, or -1 for a padding token (CUDA-graph batches) that
+    writes nothing.
 
 Flat batch layout (prefill chunks and decodes mixed, one sequence after another):
     query:           [num_tokens, num_q_heads, head_dim]
@@ -14,9 +15,10 @@ Flat batch layout (prefill chunks and decodes mixed, one sequence after another)
     block_tables:    [num_seqs, max_blocks_per_seq] block ids, padded with any valid id
 
 Attention is planned once per step (`plan_attention(block_tables, seq_lens, query_start_loc,
-sliding_window)`,
-whose result is opaque to callers) and run per layer (`paged_attention(query, k_cache, v_cache,
-plan, scale)`). Both implementations (kernels/ref.py and kernels/cuda.py) call these checks first.
+sliding_window, max_seq_len)`, whose result is opaque to callers) and run per layer (`paged_attention(query, k_cache, v_cache,
+plan, scale)`). `max_seq_len`, when given, bounds seq_lens for a plan that is replayed with new
+lengths written into the same tensors (CUDA graphs); the reference plan is never replayed and
+reads the lengths themselves. Both implementations (kernels/ref.py and kernels/cuda.py) call these checks first.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ def check_store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor
 
 
 def check_attention_plan(block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
-                         sliding_window: int | None) -> None:
+                         sliding_window: int | None, max_seq_len: int | None) -> None:
     _require(sliding_window is None or sliding_window >= 1, "sliding_window must be None or >= 1")
+    _require(max_seq_len is None or max_seq_len >= 1, "max_seq_len must be None or >= 1")
     num_seqs = seq_lens.shape[0]
     _require(block_tables.dim() == 2 and block_tables.shape[0] == num_seqs,
              "block_tables must be [num_seqs, max_blocks_per_seq]")

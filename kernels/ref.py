@@ -13,15 +13,21 @@ import torch.nn.functional as F
 
 from kernels import contract
 
+GRAPH_SAFE = False  # plans read lengths on the host: they cannot be replayed from a CUDA graph
 _MASK_64 = (1 << 64) - 1
+_MASK_32 = (1 << 32) - 1
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              slot_mapping: torch.Tensor) -> None:
-    """Write each token's key/value ([num_tokens, num_kv_heads, head_dim]) into its cache slot."""
+    """Write each token's key/value ([num_tokens, num_kv_heads, head_dim]) into its cache slot;
+    a negative slot (padding of a CUDA-graph batch) writes nothing."""
     contract.check_store_kv(key, value, k_cache, v_cache, slot_mapping)
     num_kv_heads, head_dim = key.shape[1], key.shape[2]
     slots = slot_mapping.long()
+    real = slots >= 0
+    if not bool(real.all()):
+        slots, key, value = slots[real], key[real], value[real]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, key)
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, value)
 
@@ -40,10 +46,11 @@ class AttentionPlan:
 
 
 def plan_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
-                   sliding_window: int | None = None) -> AttentionPlan:
+                   sliding_window: int | None = None, max_seq_len: int | None = None) -> AttentionPlan:
     """Split a mixed batch into batched decode rows and per-sequence prefill chunks. With a
-    sliding window W, the query at position i sees keys i - W < j <= i (transformers' rule)."""
-    contract.check_attention_plan(block_tables, seq_lens, query_start_loc, sliding_window)
+    sliding window W, the query at position i sees keys i - W < j <= i (transformers' rule).
+    max_seq_len is checked, not used: this plan reads the lengths (contract.py)."""
+    contract.check_attention_plan(block_tables, seq_lens, query_start_loc, sliding_window, max_seq_len)
     device = block_tables.device
     starts = query_start_loc.tolist()
     lens = seq_lens.tolist()
@@ -145,46 +152,68 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
            min_p: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """One token per row of [num_rows, vocab] float32 logits. Returns [num_rows] int64.
 
-    temperature 0 is greedy. Otherwise: scale, keep top_k (<= 0: all), keep the smallest set whose
-    probability reaches top_p, drop tokens below min_p * max prob, then draw with exponential-race
-    noise (argmax p / E, E ~ Exp(1)) from a generator seeded by (seed, offset) alone, so a row's
-    draw never depends on the other rows of the batch.
+    temperature 0 is greedy (argmax, lowest index on ties). Otherwise, with s = logits / T and
+    w = exp(s - max s): top-k keeps s >= the k-th largest s (top_k <= 0: all; ties at the
+    threshold stay); top-p keeps s >= the smallest value whose mass strictly above it, within the
+    top-k set, is below top_p of that set's mass (the smallest set reaching top_p); min-p keeps
+    w >= min_p. The token is the argmax of w / E over the kept tokens (exponential race, E ~ Exp(1))
+    with E a hash of (seed, offset, token id), so a row's draw never depends on the batch.
+    kernels/csrc/sampling.cu computes the same thresholds by radix selection instead of a sort.
     """
     contract.check_sample(logits, temperature, top_k, top_p, min_p, seeds, offsets)
     greedy = logits.argmax(dim=-1)
     if bool((temperature == 0).all()):
         return greedy
     temp = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
-    probs = _filtered_probs(logits / temp[:, None], top_k, top_p, min_p)  # [R, V]
-    noise = _exponential_noise(probs.shape, seeds, offsets, logits.device)  # [R, V]
-    drawn = (probs / noise).argmax(dim=-1)
+    scaled = logits / temp[:, None]  # [R, V]
+    weights = torch.exp(scaled - scaled.max(dim=-1, keepdim=True).values)  # [R, V], 1 at the best
+    keep = _kept(scaled, weights, top_k, top_p) & (weights >= min_p[:, None])
+    noise = _exponential_noise(seeds, offsets, logits.shape[1], logits.device)  # [R, V]
+    drawn = torch.where(keep, weights / noise, -1.0).argmax(dim=-1)
     return torch.where(temperature == 0, greedy, drawn)
 
 
-def _filtered_probs(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                    min_p: torch.Tensor) -> torch.Tensor:
+def _kept(scaled: torch.Tensor, weights: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """[R, V] bool: the tokens top-k and top-p keep, as thresholds on s."""
     vocab = scaled.shape[-1]
-    sorted_logits, order = scaled.sort(dim=-1, descending=True)  # [R, V]
-    ranks = torch.arange(vocab, device=scaled.device)[None, :]
-    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab))
-    remove = ranks >= k[:, None]
-    sorted_probs = sorted_logits.masked_fill(remove, float("-inf")).softmax(dim=-1)
-    cum_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass strictly above each token
-    remove |= (cum_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # the crossing token stays
-    remove |= sorted_probs < min_p[:, None] * sorted_probs[:, :1]
-    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-    filtered = torch.empty_like(scaled).scatter_(-1, order, sorted_logits)
-    return filtered.softmax(dim=-1)
+    values, order = scaled.sort(dim=-1, descending=True)  # [R, V]
+    k = torch.where((top_k > 0) & (top_k < vocab), top_k, torch.full_like(top_k, vocab))
+    k_floor = values.gather(1, (k - 1)[:, None])  # [R, 1]
+    sorted_weights = weights.gather(1, order) * (values >= k_floor)  # [R, V], 0 outside the top-k set
+    mass_above = sorted_weights.cumsum(dim=-1) - sorted_weights
+    target = top_p[:, None] * sorted_weights.sum(dim=-1, keepdim=True)
+    num_kept = (mass_above < target).sum(dim=-1).clamp(min=1)  # a prefix of the sorted order
+    p_floor = values.gather(1, (num_kept - 1)[:, None])
+    p_floor = torch.where(top_p[:, None] < 1.0, p_floor, torch.full_like(p_floor, float("-inf")))
+    return (scaled >= k_floor) & (scaled >= p_floor)
 
 
-def _exponential_noise(shape: torch.Size, seeds: torch.Tensor, offsets: torch.Tensor,
-                       device: torch.device) -> torch.Tensor:
-    noise = torch.empty(shape, dtype=torch.float32, device=device)
-    generator = torch.Generator(device=device)
-    for row, (seed, offset) in enumerate(zip(seeds.tolist(), offsets.tolist())):
-        generator.manual_seed(_mix_seed(seed, offset))
-        noise[row].exponential_(generator=generator)
-    return noise
+def _exponential_noise(seeds: torch.Tensor, offsets: torch.Tensor, vocab: int, device: torch.device) -> torch.Tensor:
+    """[R, vocab] float32 Exp(1) noise: -log(U), U = (23 hashed bits + 0.5) / 2^23, from the
+    row's (seed, offset) stream and the token id (sampling.cu: exponential_noise)."""
+    keys = torch.tensor([_mix_seed(s, o) for s, o in zip(seeds.tolist(), offsets.tolist())],
+                        dtype=torch.int64, device=device)  # [R], 63-bit
+    token = torch.arange(vocab, dtype=torch.int64, device=device)
+    h = _mix32((_mul32(token, 0x9E3779B9)[None, :] + (keys & _MASK_32)[:, None]) & _MASK_32)
+    h = _mix32(h ^ (keys >> 32)[:, None])
+    u = ((h >> 9).float() + 0.5) * 2.0 ** -23
+    return -torch.log(u)
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2^32 for x < 2^32 in int64 without overflow: two 16-bit halves."""
+    low = x * (constant & 0xFFFF)
+    high = ((x * (constant >> 16)) & 0xFFFF) << 16
+    return (low + high) & _MASK_32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """The "lowbias32" integer hash on values < 2^32 held in int64."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
 
 
 def _mix_seed(seed: int, offset: int) -> int:

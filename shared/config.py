@@ -10,7 +10,7 @@ import dataclasses
 
 _DEVICES = ("cpu", "cuda", "auto")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
-_KERNELS = ("auto", "ref")
+KERNEL_KINDS = ("auto", "ref", "cuda")  # kernels.load picks one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +29,13 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     enable_prefix_caching: bool = True
     num_threads: int | None = None  # CPU: torch intra-op threads; None: torch's default
+    cuda_graphs: bool = True  # CUDA kernels: replay decode steps from graphs captured at start-up
+    cuda_graph_max_seq_len: int = 8192  # longer contexts decode eagerly
 
     def __post_init__(self) -> None:
         _choice("device", self.device.split(":")[0], _DEVICES)
         _choice("dtype", self.dtype, _DTYPES)
-        _choice("kernels", self.kernels, _KERNELS)
+        _choice("kernels", self.kernels, KERNEL_KINDS)
         _positive("block_size", self.block_size)
         _positive("max_num_seqs", self.max_num_seqs)
         _positive("max_num_batched_tokens", self.max_num_batched_tokens)
@@ -43,6 +45,7 @@ class EngineConfig:
             _positive("max_model_len", self.max_model_len)
         if self.num_threads is not None:
             _positive("num_threads", self.num_threads)
+        _positive("cuda_graph_max_seq_len", self.cuda_graph_max_seq_len)
         if not self.kv_cache_gib > 0:
             raise ValueError(f"kv_cache_gib must be > 0, got {self.kv_cache_gib!r}")
 
