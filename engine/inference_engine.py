@@ -73,7 +73,7 @@ class InferenceEngine:
         model_config = checkpoint.config
         max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
                             model_config.max_position_embeddings)
-        ops = kernels.load(config.kernels)
+        ops = kernels.load(config.kernels, device)
         with torch.device("meta"):
             model = Llama(model_config, ops, max_model_len).to(dtype)  # cast while it costs nothing
         model = model.to_empty(device=device)  # allocates each parameter once, in its final dtype
@@ -88,6 +88,8 @@ class InferenceEngine:
                            num_blocks * block_size)
             max_model_len = num_blocks * block_size
         runner = ModelRunner(model, Sampler(ops, device), num_blocks, block_size)
+        if config.cuda_graphs and ops.GRAPH_SAFE:
+            runner.capture_graphs(config.max_num_seqs, min(config.cuda_graph_max_seq_len, max_model_len))
         block_manager = BlockManager(num_blocks, block_size, config.enable_prefix_caching)
         scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
         eos = set(model_config.eos_token_ids)

@@ -107,17 +107,18 @@ class Llama(nn.Module):
         """cos, sin [num_tokens, head_dim] for this batch's positions."""
         cos, sin = self.rope_cos[batch.positions], self.rope_sin[batch.positions]
         if self.rope_long_cos is not None:  # LongRoPE: a sequence past the original context uses long factors
-            is_long = (batch.seq_lens > self.rope_long_after).repeat_interleave(batch.query_start_loc.diff())
+            is_long = (batch.seq_lens > self.rope_long_after).repeat_interleave(
+                batch.query_start_loc.diff(), output_size=batch.positions.shape[0])  # sized: no device sync
             cos = torch.where(is_long[:, None], self.rope_long_cos[batch.positions], cos)
             sin = torch.where(is_long[:, None], self.rope_long_sin[batch.positions], sin)
         return cos.to(dtype), sin.to(dtype)
 
-    def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Hidden states of the rows to sample: [num_sampled, hidden]."""
+    def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                plan: object) -> torch.Tensor:
+        """Hidden states of the rows to sample: [num_sampled, hidden]. `plan` is the step's
+        `ops.plan_attention(...)`, built by the caller (once per CUDA graph, or once per step)."""
         x = self.embed_tokens(batch.input_ids)  # [T, hidden]
         cos, sin = self._rope(batch, x.dtype)  # [T, head_dim] each
-        plan = self.ops.plan_attention(batch.block_tables, batch.seq_lens, batch.query_start_loc,
-                                       self.config.sliding_window)
         for layer, kv_cache in zip(self.layers, kv_caches):
             x = layer(x, cos, sin, batch, plan, kv_cache)
         return self.norm(x[batch.logits_indices])

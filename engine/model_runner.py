@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.cuda_graphs import DecodeGraphs
 from engine.forward_batch import ForwardBatch
 from engine.llama import Llama
 from engine.sampler import Sampler
@@ -22,6 +23,7 @@ class ModelRunner:
         shape = (config.num_layers, 2, num_kv_blocks, block_size, config.num_kv_heads, config.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)  # see kernels/contract.py
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(config.num_layers)]
+        self.graphs: DecodeGraphs | None = None
 
     @staticmethod
     def kv_bytes_per_block(model: Llama, block_size: int) -> int:
@@ -30,20 +32,52 @@ class ModelRunner:
         return config.num_layers * 2 * block_size * config.num_kv_heads * config.head_dim * element_size
 
     @torch.inference_mode()
+    def capture_graphs(self, max_batch: int, max_seq_len: int) -> None:
+        """Capture decode CUDA graphs for batches up to max_batch with contexts up to max_seq_len."""
+        self.graphs = DecodeGraphs(self.model, self.kv_caches, self.model.ops, max_batch, max_seq_len,
+                                   self.block_size)
+
+    @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprob | None]]:
         """Run one step. Returns, per scheduled request, the sampled token (None for a prompt
         chunk that does not reach its end) and its logprobs (None unless asked for)."""
         sampling_rows = [i for i in range(len(batch.requests)) if batch.samples(i)]
-        forward_batch = self._prepare(batch, sampling_rows)
-        hidden = self.model(forward_batch, self.kv_caches)  # [num_sampled, hidden]
         sampled: list[int | None] = [None] * len(batch.requests)
         logprobs: list[TokenLogprob | None] = [None] * len(batch.requests)
+        logits = self._decode_from_graph(batch)  # [num_seqs, vocab] or None
+        if logits is None:
+            logits = self._forward(batch, sampling_rows)
+        elif len(sampling_rows) < len(batch.requests):  # a one-token prompt chunk short of its end
+            logits = logits[torch.tensor(sampling_rows, device=logits.device)]
         if sampling_rows:
-            logits = self.model.compute_logits(hidden)  # [num_sampled, vocab]
             token_ids, token_logprobs = self.sampler.sample(logits, [batch.requests[i] for i in sampling_rows])
             for row, token_id, logprob in zip(sampling_rows, token_ids, token_logprobs):
                 sampled[row], logprobs[row] = token_id, logprob
         return sampled, logprobs
+
+    def _forward(self, batch: ScheduledBatch, sampling_rows: list[int]) -> torch.Tensor | None:
+        """Eager forward pass -> [num_sampled, vocab] float32 logits (None if nothing samples)."""
+        forward_batch = self._prepare(batch, sampling_rows)
+        plan = self.model.ops.plan_attention(forward_batch.block_tables, forward_batch.seq_lens,
+                                             forward_batch.query_start_loc, self.model.config.sliding_window)
+        hidden = self.model(forward_batch, self.kv_caches, plan)  # [num_sampled, hidden]
+        return self.model.compute_logits(hidden) if sampling_rows else None
+
+    def _decode_from_graph(self, batch: ScheduledBatch) -> torch.Tensor | None:
+        """[num_seqs, vocab] logits replayed from a CUDA graph when the step is pure decode and a
+        captured bucket fits it; else None."""
+        requests = batch.requests
+        if self.graphs is None or any(n != 1 for n in batch.num_new_tokens):
+            return None
+        positions = [r.num_computed_tokens for r in requests]
+        if not self.graphs.fits(len(requests), max(positions) + 1):
+            return None
+        block_tables = _pad_block_tables([r.block_ids for r in requests])  # [S, w]
+        position = torch.tensor(positions, dtype=torch.int64)  # [S]
+        slots = (block_tables[torch.arange(len(requests)), position // self.block_size].long() * self.block_size
+                 + position % self.block_size)  # [S]
+        input_ids = torch.tensor([r.token_ids[p] for r, p in zip(requests, positions)], dtype=torch.int64)
+        return self.graphs.run(input_ids, position, slots, block_tables, (position + 1).int())
 
     def _prepare(self, batch: ScheduledBatch, sampling_rows: list[int]) -> ForwardBatch:
         requests, num_new = batch.requests, batch.num_new_tokens
@@ -78,3 +112,4 @@ def _pad_block_tables(block_ids: list[list[int]]) -> torch.Tensor:
     attention masks every position past a sequence's length)."""
     width = max(len(ids) for ids in block_ids)
     return torch.tensor([ids + [0] * (width - len(ids)) for ids in block_ids], dtype=torch.int32)
+

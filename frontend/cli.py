@@ -21,17 +21,22 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-gib", type=float, default=1.0)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--served-model-name", default=None)
+    p.add_argument("--kernels", default="auto", choices=["auto", "ref", "cuda"],
+                   help="device ops: cuda kernels, the torch reference, or auto (cuda on a GPU when CuPy imports)")
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode steps")
 
 
 def _engine_options(args: argparse.Namespace) -> list[str]:
     """The engine flags of `forge serve`, passed on to the engine child."""
     out = ["--device", args.device, "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
-           "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--kv-cache-gib", str(args.kv_cache_gib)]
+           "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--kv-cache-gib", str(args.kv_cache_gib),
+           "--kernels", args.kernels]
     for flag, value in (("--max-model-len", args.max_model_len), ("--num-kv-blocks", args.num_kv_blocks),
                         ("--served-model-name", args.served_model_name)):
         if value is not None:
             out += [flag, str(value)]
-    return out + (["--no-prefix-caching"] if args.no_prefix_caching else [])
+    return (out + (["--no-prefix-caching"] if args.no_prefix_caching else [])
+            + (["--enforce-eager"] if args.enforce_eager else []))
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -70,7 +75,7 @@ def _run_engine(args: argparse.Namespace) -> int:
         args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         num_kv_blocks=args.num_kv_blocks, kv_cache_gib=args.kv_cache_gib,
-        enable_prefix_caching=not args.no_prefix_caching)
+        enable_prefix_caching=not args.no_prefix_caching, kernels=args.kernels, cuda_graphs=not args.enforce_eager)
     tokenizer = engine.tokenizer
     if tokenizer is None:
         raise ValueError("serving needs a model with a tokenizer")
