@@ -2,7 +2,8 @@
 
 A decode step launches a few hundred small kernels; replaying them as one graph removes the
 per-launch CPU cost that otherwise dominates small batches. Each bucket's graph reads leading
-slices of one set of static input buffers and writes its logits to a static output. A batch of
+slices of one set of static input buffers and copies its logits into leading rows of one static
+output. A batch of
 S sequences runs in the smallest bucket B >= S; rows S..B-1 are padding: slot -1 (their KV is
 never written), length 1, block 0 (read, never written, their output is dropped).
 
@@ -43,8 +44,8 @@ class DecodeGraphs:
         self.seq_lens = torch.ones(rows, dtype=torch.int32, device=device)  # [rows]
         self.query_start_loc = torch.arange(rows + 1, dtype=torch.int32, device=device)  # [rows + 1]
         self.logits_indices = torch.arange(rows, dtype=torch.int64, device=device)  # [rows]
+        self.logits = torch.empty(rows, model.config.vocab_size, dtype=torch.float32, device=device)  # [rows, V]
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._logits: dict[int, torch.Tensor] = {}  # bucket -> [bucket, vocab] float32, the graph's output
         # Warm-up and capture share one side stream, so CuPy's view of it exists before capture.
         self._stream = torch.cuda.Stream()
         pool = torch.cuda.graph_pool_handle()
@@ -70,7 +71,7 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool, stream=self._stream):
-            self._logits[size] = step()
+            self.logits[:size].copy_(step())  # intermediates return to the shared pool
         self._graphs[size] = graph
 
     def fits(self, num_seqs: int, max_seq_len: int) -> bool:
@@ -80,14 +81,15 @@ class DecodeGraphs:
             block_tables: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
         """One decode step of S sequences (CPU tensors: [S] each, block_tables [S, w]) -> logits
         [S, vocab] float32, a view of the graph's output that the next replay overwrites."""
-        num_seqs, width = block_tables.shape
+        num_seqs = block_tables.shape[0]
+        width = min(block_tables.shape[1], self.block_tables.shape[1])  # blocks past max_seq_len are never read
         size = next(b for b in self.buckets if b >= num_seqs)
         self.input_ids[:num_seqs].copy_(input_ids, non_blocking=True)
         self.positions[:num_seqs].copy_(positions, non_blocking=True)
         self.slot_mapping[:num_seqs].copy_(slot_mapping, non_blocking=True)
-        self.block_tables[:num_seqs, :width].copy_(block_tables, non_blocking=True)
+        self.block_tables[:num_seqs, :width].copy_(block_tables[:, :width], non_blocking=True)
         self.seq_lens[:num_seqs].copy_(seq_lens, non_blocking=True)
         self.slot_mapping[num_seqs:size].fill_(-1)  # padding rows: write nothing, see one key
         self.seq_lens[num_seqs:size].fill_(1)
         self._graphs[size].replay()
-        return self._logits[size][:num_seqs]
+        return self.logits[:num_seqs]
