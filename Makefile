@@ -5,7 +5,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.forge-installed
 
-.PHONY: setup serve test bench lint clean
+.PHONY: setup serve test bench gpu lint clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,13 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/offline_throughput.py
 	$(BIN)/python benchmarks/serve_bench.py
+
+# On a GPU machine, with that machine's own CUDA torch and CuPy (no .venv; docs/gpu-results.md says
+# which wheels to bring): the GPU tests, then the kernel and end-to-end GPU benchmarks.
+gpu:
+	$(PY) -m pytest -q -m gpu -p no:cacheprovider $(ARGS)
+	$(PY) benchmarks/kernels.py
+	$(PY) benchmarks/offline_throughput.py --device cuda
 
 lint: setup
 	$(BIN)/ruff check engine kernels shared frontend tests benchmarks
