@@ -88,6 +88,7 @@ class InferenceEngine:
                            num_blocks * block_size)
             max_model_len = num_blocks * block_size
         runner = ModelRunner(model, Sampler(ops, device), num_blocks, block_size)
+        runner.warm_up()
         if config.cuda_graphs and ops.GRAPH_SAFE:
             runner.capture_graphs(config.max_num_seqs, min(config.cuda_graph_max_seq_len, max_model_len))
         block_manager = BlockManager(num_blocks, block_size, config.enable_prefix_caching)

@@ -32,6 +32,24 @@ class ModelRunner:
         return config.num_layers * 2 * block_size * config.num_kv_heads * config.head_dim * element_size
 
     @torch.inference_mode()
+    def warm_up(self) -> None:
+        """One throw-away step before serving: a one-token forward pass (its slot is -1: no KV is
+        written) and one sampling call, so every kernel a step uses is compiled and loaded (the
+        CUDA modules are JIT-compiled on first launch) before the first request arrives."""
+        to = self.device
+        batch = ForwardBatch(
+            input_ids=torch.zeros(1, dtype=torch.int64, device=to),
+            positions=torch.zeros(1, dtype=torch.int64, device=to),
+            slot_mapping=torch.full((1,), -1, dtype=torch.int64, device=to),
+            block_tables=torch.zeros(1, 1, dtype=torch.int32, device=to),
+            seq_lens=torch.ones(1, dtype=torch.int32, device=to),
+            query_start_loc=torch.tensor([0, 1], dtype=torch.int32, device=to),
+            logits_indices=torch.zeros(1, dtype=torch.int64, device=to))
+        plan = self.model.ops.plan_attention(batch.block_tables, batch.seq_lens, batch.query_start_loc,
+                                             self.model.config.sliding_window)
+        self.sampler.warm_up(self.model.compute_logits(self.model(batch, self.kv_caches, plan)))
+
+    @torch.inference_mode()
     def capture_graphs(self, max_batch: int, max_seq_len: int) -> None:
         """Capture decode CUDA graphs for batches up to max_batch with contexts up to max_seq_len."""
         self.graphs = DecodeGraphs(self.model, self.kv_caches, self.model.ops, max_batch, max_seq_len,

@@ -38,6 +38,15 @@ class Sampler:
         token_list = token_ids.tolist()
         return token_list, self._logprobs(raw, token_list, requests)
 
+    def warm_up(self, logits: torch.Tensor) -> None:
+        """Run the penalty and sampling ops once on [1, vocab] logits (see ModelRunner.warm_up)."""
+        f32, i64 = torch.float32, torch.int64
+        penalized = self.ops.apply_penalties(
+            logits, torch.zeros_like(logits, dtype=torch.bool), torch.zeros_like(logits, dtype=torch.int32),
+            self._column([1.1], f32), self._column([0.1], f32), self._column([0.1], f32))
+        self.ops.sample(penalized, self._column([1.0], f32), self._column([40], i64), self._column([0.9], f32),
+                        self._column([0.05], f32), self._column([0], i64), self._column([0], i64)).tolist()
+
     def _column(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=self.device)
 
