@@ -11,7 +11,10 @@
 //   of (seed, offset, token id), so a row's draw never depends on the batch and needs no state.
 // The two thresholds are found by radix selection on the order-preserving bit pattern of s:
 // four passes of a 256-bin histogram each (counts for top-k, probability mass for top-p),
-// instead of a sort. One block per row; no host synchronisation.
+// instead of a sort. Reads of the vocabulary row: top-k + top-p with k <= MAX_CANDIDATES, 5
+// (4 for top-k, which also find the max; 1 gathering the top-k set into shared memory, where
+// top-p and the draw then run); top-p alone, 6 (max, 4, draw). One block per row; no host
+// synchronisation.
 #include "common.cuh"
 
 #define NUM_SAMPLE_WARPS (SAMPLE_THREADS / 32)
@@ -75,6 +78,8 @@ FORGE_INLINE Best warp_best(Best b) {
   return b;
 }
 
+#define MAX_CANDIDATES 1024  // a top-k set this small is copied to shared memory once
+
 struct Scratch {  // shared memory of one row's block
   float values[NUM_SAMPLE_WARPS];
   int indices[NUM_SAMPLE_WARPS];
@@ -82,7 +87,28 @@ struct Scratch {  // shared memory of one row's block
   float hist_mass[256];
   unsigned prefix;
   int remaining;
-  float above;
+  float above, target;
+  int num_candidates;
+  float candidate_value[MAX_CANDIDATES];
+  int candidate_index[MAX_CANDIDATES];
+};
+
+// The tokens a selection walks over: a whole row of logits (s = logit / temperature, token = i),
+// or the top-k candidates gathered into shared memory (s and token stored).
+struct RowTokens {
+  const float* logits;
+  float temperature;
+  int size;
+  FORGE_INLINE float s(int i) const { return logits[i] / temperature; }
+  FORGE_INLINE int token(int i) const { return i; }
+};
+
+struct CandidateTokens {
+  const float* values;
+  const int* tokens;
+  int size;
+  FORGE_INLINE float s(int i) const { return values[i]; }
+  FORGE_INLINE int token(int i) const { return tokens[i]; }
 };
 
 // Every thread gets the block's best (value, lowest index on ties).
@@ -109,30 +135,24 @@ FORGE_INLINE Best block_best(Best b, Scratch& sh) {
   return b;
 }
 
-FORGE_INLINE float block_sum(float x, Scratch& sh) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  x = warp_sum(x);
-  if (lane == 0) sh.values[warp] = x;
-  __syncthreads();
-  if (warp == 0) {
-    x = warp_sum(lane < NUM_SAMPLE_WARPS ? sh.values[lane] : 0.0f);
-    if (lane == 0) sh.values[0] = x;
-  }
-  __syncthreads();
-  x = sh.values[0];
-  __syncthreads();
-  return x;
+FORGE_INLINE float block_max(float x, Scratch& sh) {
+  const Best b = {x, 0};
+  return block_best(b, sh).value;
 }
 
-// The k-th largest of s (1 <= k <= vocab), by radix selection on order keys.
-FORGE_INLINE float kth_largest(const float* row, float temperature, int vocab, int k, Scratch& sh) {
+// The k-th largest s of the row (1 <= k < size), by radix selection on order keys, one 8-bit
+// digit per pass; the first pass also finds the row's largest s (`row_max`).
+FORGE_INLINE float kth_largest(const RowTokens& row, int k, float& row_max, Scratch& sh) {
   unsigned prefix = 0, mask = 0;
   int remaining = k;  // rank of the wanted key among those matching `prefix`
+  float local_max = FORGE_NEG_INF;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += SAMPLE_THREADS) sh.hist_count[b] = 0;
     __syncthreads();
-    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-      const unsigned key = order_key(row[i] / temperature);
+    for (int i = threadIdx.x; i < row.size; i += SAMPLE_THREADS) {
+      const float s = row.s(i);
+      if (shift == 24) local_max = fmaxf(local_max, s);
+      const unsigned key = order_key(s);
       if ((key & mask) == prefix) atomicAdd(&sh.hist_count[(key >> shift) & 255u], 1u);
     }
     __syncthreads();
@@ -150,22 +170,24 @@ FORGE_INLINE float kth_largest(const float* row, float temperature, int vocab, i
     remaining = sh.remaining;
     mask |= 255u << shift;
   }
+  row_max = block_max(local_max, sh);
   return key_value(prefix);
 }
 
-// The smallest s (among s >= floor) whose mass strictly above it is below `target`.
-FORGE_INLINE float mass_threshold(const float* row, float temperature, int vocab, float floor, float row_max,
-                                  float target, Scratch& sh) {
+// The smallest s >= floor whose mass strictly above it (w = exp(s - row_max), over the tokens
+// with s >= floor) is below top_p of those tokens' whole mass, found on the first pass.
+template <typename Tokens>
+FORGE_INLINE float mass_threshold(const Tokens& tokens, float floor, float row_max, float top_p, Scratch& sh) {
   unsigned prefix = 0, mask = 0;
-  float above = 0.0f;  // mass of the kept keys greater than every key matching `prefix`
+  float above = 0.0f, target = 0.0f;  // mass of the kept keys greater than every key matching `prefix`
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += SAMPLE_THREADS) {
       sh.hist_count[b] = 0;
       sh.hist_mass[b] = 0.0f;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-      const float s = row[i] / temperature;
+    for (int i = threadIdx.x; i < tokens.size; i += SAMPLE_THREADS) {
+      const float s = tokens.s(i);
       const unsigned key = order_key(s);
       if (s >= floor && (key & mask) == prefix) {
         const unsigned digit = (key >> shift) & 255u;
@@ -175,6 +197,12 @@ FORGE_INLINE float mass_threshold(const float* row, float temperature, int vocab
     }
     __syncthreads();
     if (threadIdx.x == 0) {
+      if (shift == 24) {  // the first pass saw every token of the set: its mass sets the target
+        float total = 0.0f;
+        for (int digit = 255; digit >= 0; --digit) total += sh.hist_mass[digit];
+        sh.target = top_p * total;
+      }
+      target = sh.target;
       // The lowest non-empty digit whose mass above stays below target; the highest non-empty
       // digit always qualifies, since `above` < target holds for the prefix chosen so far.
       int chosen = -1;
@@ -197,6 +225,28 @@ FORGE_INLINE float mass_threshold(const float* row, float temperature, int vocab
   return key_value(prefix);
 }
 
+// The kept token with the largest w / E (E: the row's exponential noise of that token).
+template <typename Tokens>
+FORGE_INLINE int draw(const Tokens& tokens, float floor, float row_max, float min_p, unsigned long long key,
+                      Scratch& sh) {
+  Best best = {FORGE_NEG_INF, 0x7fffffff};
+  for (int i = threadIdx.x; i < tokens.size; i += SAMPLE_THREADS) {
+    const float s = tokens.s(i);
+    if (s < floor) continue;
+    const float w = expf(s - row_max);
+    if (w >= min_p) keep_better(best, w / exponential_noise(key, tokens.token(i)), tokens.token(i));
+  }
+  return block_best(best, sh).index;
+}
+
+// Top-p (if on) and the draw over `tokens`, all of whose s are >= k_floor.
+template <typename Tokens>
+FORGE_INLINE int draw_top_p(const Tokens& tokens, float k_floor, float row_max, float top_p, float min_p,
+                            unsigned long long key, Scratch& sh) {
+  const float p_floor = top_p < 1.0f ? mass_threshold(tokens, k_floor, row_max, top_p, sh) : FORGE_NEG_INF;
+  return draw(tokens, fmaxf(k_floor, p_floor), row_max, min_p, key, sh);
+}
+
 // grid (num_rows), block SAMPLE_THREADS
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_tokens(
     const float* __restrict__ logits,       // [num_rows, vocab] contiguous
@@ -209,43 +259,48 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_tokens(
     int vocab) {
   __shared__ Scratch sh;
   const int r = blockIdx.x;
-  const float* row = logits + static_cast<long long>(r) * vocab;
   const float temp = temperature[r];
-  Best best = {FORGE_NEG_INF, 0x7fffffff};
+  const RowTokens row = {logits + static_cast<long long>(r) * vocab, temp == 0.0f ? 1.0f : temp, vocab};
   if (temp == 0.0f) {  // greedy: argmax of the raw logits, lowest index on ties
-    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) keep_better(best, row[i], i);
+    Best best = {FORGE_NEG_INF, 0x7fffffff};
+    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) keep_better(best, row.logits[i], i);
     best = block_best(best, sh);
     if (threadIdx.x == 0) out[r] = best.index;
     return;
   }
-  for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) keep_better(best, row[i] / temp, i);
-  const float row_max = block_best(best, sh).value;
-
-  const long long k = top_k[r];
-  const float k_floor = (k > 0 && k < vocab) ? kth_largest(row, temp, vocab, static_cast<int>(k), sh)
-                                             : FORGE_NEG_INF;
-  float p_floor = FORGE_NEG_INF;
-  if (top_p[r] < 1.0f) {
-    float mass = 0.0f;
-    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-      const float s = row[i] / temp;
-      if (s >= k_floor) mass += expf(s - row_max);
-    }
-    const float target = top_p[r] * block_sum(mass, sh);
-    p_floor = mass_threshold(row, temp, vocab, k_floor, row_max, target, sh);
-  }
-
-  const float floor = fmaxf(k_floor, p_floor), weight_floor = min_p[r];
   const unsigned long long key = mix_seed(seeds[r], offsets[r]);
-  best = {FORGE_NEG_INF, 0x7fffffff};
-  for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-    const float s = row[i] / temp;
-    if (s < floor) continue;
-    const float w = expf(s - row_max);
-    if (w >= weight_floor) keep_better(best, w / exponential_noise(key, i), i);
+  const long long k = top_k[r];
+  int token;
+  if (k > 0 && k < vocab) {
+    float row_max;
+    const float k_floor = kth_largest(row, static_cast<int>(k), row_max, sh);
+    // Gather the top-k set (ties at the threshold included) once; later passes read only it.
+    if (threadIdx.x == 0) sh.num_candidates = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
+      const float s = row.s(i);
+      if (s >= k_floor) {
+        const int slot = atomicAdd(&sh.num_candidates, 1);
+        if (slot < MAX_CANDIDATES) {
+          sh.candidate_value[slot] = s;
+          sh.candidate_index[slot] = i;
+        }
+      }
+    }
+    __syncthreads();
+    const int num_candidates = sh.num_candidates;
+    if (num_candidates <= MAX_CANDIDATES) {
+      const CandidateTokens candidates = {sh.candidate_value, sh.candidate_index, num_candidates};
+      token = draw_top_p(candidates, k_floor, row_max, top_p[r], min_p[r], key, sh);
+    } else {  // too many (a large k, or ties): walk the row
+      token = draw_top_p(row, k_floor, row_max, top_p[r], min_p[r], key, sh);
+    }
+  } else {
+    float local_max = FORGE_NEG_INF;
+    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) local_max = fmaxf(local_max, row.s(i));
+    token = draw_top_p(row, FORGE_NEG_INF, block_max(local_max, sh), top_p[r], min_p[r], key, sh);
   }
-  best = block_best(best, sh);
-  if (threadIdx.x == 0) out[r] = best.index;
+  if (threadIdx.x == 0) out[r] = token;
 }
 
 // grid (ceil(vocab / 256), num_rows), block 256. Rounded exactly as ref.py (no fused multiply-add).

@@ -118,9 +118,9 @@ def sampling_columns(num_rows: int, generator: torch.Generator):
 
     temperature = torch.rand(num_rows, generator=generator) + 0.3
     temperature[::9] = 0.0
-    return (temperature, pattern([0, 1, 5, 50, 10**9, 0, 7, 100]).long(),
-            pattern([1.0, 0.9, 0.5, 0.95, 0.3, 0.99, 1.0, 0.8]).float(),
-            pattern([0.0, 0.0, 0.1, 0.0, 0.0, 0.05, 0.0, 0.2]).float(),
+    return (temperature, pattern([0, 1, 5, 50, 10**9, 0, 7, 100, 2000, 1024]).long(),
+            pattern([1.0, 0.9, 0.5, 0.95, 0.3, 0.99, 1.0, 0.8, 0.9, 0.97]).float(),
+            pattern([0.0, 0.0, 0.1, 0.0, 0.0, 0.05, 0.0, 0.2, 0.0, 0.0]).float(),
             torch.arange(num_rows, dtype=torch.int64) * 1234567 - 5, torch.arange(num_rows, dtype=torch.int64))
 
 
@@ -130,6 +130,7 @@ def test_sampling_draws_the_reference_tokens(device):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(num_rows, vocab, generator=g) * 3
     logits[1, 5:9] = 50.0  # ties at the top
+    logits[2] = 0.0  # all tied: top-k 5 keeps the whole row, more than the kernel gathers
     columns = sampling_columns(num_rows, g)
     expected = ref.sample(logits, *columns)
     got = cuda.sample(*on(device, logits, *columns))

@@ -176,6 +176,7 @@ template <typename T> T __shfl_xor_sync(unsigned, T value, int lane_mask) {
 }
 inline unsigned atomicAdd(unsigned* address, unsigned value) { const unsigned old = *address; *address += value; return old; }
 inline float atomicAdd(float* address, float value) { const float old = *address; *address += value; return old; }
+inline int atomicAdd(int* address, int value) { const int old = *address; *address += value; return old; }
 
 // One exported entry point per kernel: emu_<name>(grid x, y, z, threads, argument pointers).
 #define EMU_EXPORT(kernel)                                                                      \
