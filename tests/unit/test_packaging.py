@@ -23,3 +23,11 @@ def test_kernel_loader_rejects_unknown_kinds():
     assert kernels.load("auto") is kernels.load("ref")
     with pytest.raises(ValueError, match="kernels must be one of"):
         kernels.load("triton")
+
+
+def test_cuda_kernels_refuse_a_cpu_device_by_name():
+    import pytest
+
+    assert kernels.load("auto", "cpu") is kernels.load("ref", "cpu")
+    with pytest.raises(ValueError, match="kernels=cuda needs a CUDA device"):
+        kernels.load("cuda", "cpu")
