@@ -17,6 +17,7 @@ batches of --hf-batch-size prompts.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -114,16 +115,22 @@ def run_forge_random(config: dict, prompts: list[list[int]], output_len: int, kv
     outputs = engine.generate(prompts, params)
     elapsed = time.perf_counter() - start
     assert all(len(o.token_ids) == output_len for o in outputs)
-    del engine
-    torch.cuda.empty_cache()
+    del engine, outputs
+    gc.collect()
+    torch.cuda.empty_cache()  # transformers' copy of the model needs the room
     return len(prompts) * output_len / elapsed
 
 
 def run_transformers_random(config: dict, prompts: list[list[int]], output_len: int, batch_size: int) -> float:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(LlamaConfig(**config)).to(torch.bfloat16).eval()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # initialise in bf16 directly: no 32 GB float32 copy
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    finally:
+        torch.set_default_dtype(previous)
     kwargs = dict(do_sample=False, min_new_tokens=output_len, max_new_tokens=output_len, pad_token_id=0)
     with torch.inference_mode():
         warm = torch.tensor(prompts[:2], device="cuda")

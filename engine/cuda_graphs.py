@@ -3,9 +3,9 @@
 A decode step launches a few hundred small kernels; replaying them as one graph removes the
 per-launch CPU cost that otherwise dominates small batches. Each bucket's graph reads leading
 slices of one set of static input buffers and copies its logits into leading rows of one static
-output. A batch of
-S sequences runs in the smallest bucket B >= S; rows S..B-1 are padding: slot -1 (their KV is
-never written), length 1, block 0 (read, never written, their output is dropped).
+output. A batch of S sequences runs in the smallest bucket B >= S; rows S..B-1 are padding:
+slot -1 (their KV is never written), length 1 (they read one key of some block, and their
+output is dropped).
 
 Every kernel the graphs contain is compiled and loaded by a warm-up run before capture, since
 neither compiling nor loading a module may happen while a stream is being captured.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Callable
 
 import torch
 
@@ -30,9 +31,34 @@ def bucket_sizes(max_batch: int) -> list[int]:
     return sorted(set(sizes))
 
 
+Step = Callable[[], None]
+
+
+class CudaGraphCapture:
+    """Records a step into a torch CUDA graph and returns the graph's replay. Warm-up and capture
+    share one side stream (so CuPy's view of it exists before capture) and all graphs share one
+    memory pool (they never run at the same time)."""
+
+    def __init__(self) -> None:
+        self.stream = torch.cuda.Stream()
+        self.pool = torch.cuda.graph_pool_handle()
+
+    def __call__(self, step: Step) -> Step:
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):  # off the default stream, as torch's graph notes advise
+            step()  # compiles and loads every kernel, creates cuBLAS workspaces
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+            step()
+        return graph.replay
+
+
 class DecodeGraphs:
     def __init__(self, model: Llama, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], ops: types.ModuleType,
-                 max_batch: int, max_seq_len: int, block_size: int) -> None:
+                 max_batch: int, max_seq_len: int, block_size: int,
+                 capture: Callable[[Step], Step] | None = None) -> None:
+        """`capture` turns a step into its replay: CudaGraphCapture() unless a test runs steps eagerly."""
         self.buckets = bucket_sizes(max_batch)
         self.max_seq_len = max_seq_len  # longer contexts run eagerly
         device = next(model.parameters()).device
@@ -45,16 +71,15 @@ class DecodeGraphs:
         self.query_start_loc = torch.arange(rows + 1, dtype=torch.int32, device=device)  # [rows + 1]
         self.logits_indices = torch.arange(rows, dtype=torch.int64, device=device)  # [rows]
         self.logits = torch.empty(rows, model.config.vocab_size, dtype=torch.float32, device=device)  # [rows, V]
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        # Warm-up and capture share one side stream, so CuPy's view of it exists before capture.
-        self._stream = torch.cuda.Stream()
-        pool = torch.cuda.graph_pool_handle()
-        for size in reversed(self.buckets):  # largest first: smaller graphs reuse its memory
-            self._capture(size, model, kv_caches, ops, pool)
+        capture = capture or CudaGraphCapture()
+        self._replays = {size: capture(self._step(size, model, kv_caches, ops))
+                         for size in reversed(self.buckets)}  # largest first: smaller graphs reuse its memory
         logger.info("captured decode CUDA graphs for batch sizes %s (contexts up to %d)", self.buckets, max_seq_len)
 
-    def _capture(self, size: int, model: Llama, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-                 ops: types.ModuleType, pool: tuple[int, int]) -> None:
+    def _step(self, size: int, model: Llama, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+              ops: types.ModuleType) -> Step:
+        """A decode step of `size` rows over leading slices of the static buffers. Its attention
+        plan is built once, over those buffers, bounded by max_seq_len (contract.py)."""
         batch = ForwardBatch(
             input_ids=self.input_ids[:size], positions=self.positions[:size], slot_mapping=self.slot_mapping[:size],
             block_tables=self.block_tables[:size], seq_lens=self.seq_lens[:size],
@@ -62,17 +87,10 @@ class DecodeGraphs:
         plan = ops.plan_attention(batch.block_tables, batch.seq_lens, batch.query_start_loc,
                                   model.config.sliding_window, self.max_seq_len)
 
-        def step() -> torch.Tensor:
-            return model.compute_logits(model(batch, kv_caches, plan))  # [size, vocab]
+        def step() -> None:
+            self.logits[:size].copy_(model.compute_logits(model(batch, kv_caches, plan)))  # [size, vocab]
 
-        self._stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self._stream):  # off the default stream, as torch's graph notes advise
-            step()  # compiles and loads every kernel, creates cuBLAS workspaces
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool, stream=self._stream):
-            self.logits[:size].copy_(step())  # intermediates return to the shared pool
-        self._graphs[size] = graph
+        return step
 
     def fits(self, num_seqs: int, max_seq_len: int) -> bool:
         return num_seqs <= self.buckets[-1] and max_seq_len <= self.max_seq_len
@@ -91,5 +109,5 @@ class DecodeGraphs:
         self.seq_lens[:num_seqs].copy_(seq_lens, non_blocking=True)
         self.slot_mapping[num_seqs:size].fill_(-1)  # padding rows: write nothing, see one key
         self.seq_lens[num_seqs:size].fill_(1)
-        self._graphs[size].replay()
+        self._replays[size]()
         return self.logits[:num_seqs]

@@ -69,6 +69,8 @@ class InferenceEngine:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         device = resolve_device(config.device)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # this (compute) thread's current device, for torch and CuPy alike
         dtype = resolve_dtype(config.dtype, device)
         model_config = checkpoint.config
         max_model_len = min(config.max_model_len or model_config.max_position_embeddings,

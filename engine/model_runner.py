@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from engine.cuda_graphs import DecodeGraphs
+from engine.cuda_graphs import DecodeGraphs, Step
 from engine.forward_batch import ForwardBatch
 from engine.llama import Llama
 from engine.sampler import Sampler
@@ -50,10 +52,11 @@ class ModelRunner:
         self.sampler.warm_up(self.model.compute_logits(self.model(batch, self.kv_caches, plan)))
 
     @torch.inference_mode()
-    def capture_graphs(self, max_batch: int, max_seq_len: int) -> None:
-        """Capture decode CUDA graphs for batches up to max_batch with contexts up to max_seq_len."""
+    def capture_graphs(self, max_batch: int, max_seq_len: int, capture: Callable[[Step], Step] | None = None) -> None:
+        """Capture decode CUDA graphs for batches up to max_batch with contexts up to max_seq_len
+        (`capture`: see DecodeGraphs)."""
         self.graphs = DecodeGraphs(self.model, self.kv_caches, self.model.ops, max_batch, max_seq_len,
-                                   self.block_size)
+                                   self.block_size, capture)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprob | None]]:
@@ -130,4 +133,3 @@ def _pad_block_tables(block_ids: list[list[int]]) -> torch.Tensor:
     attention masks every position past a sequence's length)."""
     width = max(len(ids) for ids in block_ids)
     return torch.tensor([ids + [0] * (width - len(ids)) for ids in block_ids], dtype=torch.int32)
-

@@ -15,10 +15,11 @@ Flat batch layout (prefill chunks and decodes mixed, one sequence after another)
     block_tables:    [num_seqs, max_blocks_per_seq] block ids, padded with any valid id
 
 Attention is planned once per step (`plan_attention(block_tables, seq_lens, query_start_loc,
-sliding_window, max_seq_len)`, whose result is opaque to callers) and run per layer (`paged_attention(query, k_cache, v_cache,
-plan, scale)`). `max_seq_len`, when given, bounds seq_lens for a plan that is replayed with new
-lengths written into the same tensors (CUDA graphs); the reference plan is never replayed and
-reads the lengths themselves. Both implementations (kernels/ref.py and kernels/cuda.py) call these checks first.
+sliding_window, max_seq_len)`, whose result is opaque to callers) and run per layer
+(`paged_attention(query, k_cache, v_cache, plan, scale)`). `max_seq_len`, when given, bounds
+seq_lens for a plan that is replayed with new lengths written into the same tensors (CUDA
+graphs); the reference plan is never replayed and reads the lengths themselves. Both
+implementations (kernels/ref.py and kernels/cuda.py) call these checks first.
 """
 
 from __future__ import annotations

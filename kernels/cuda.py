@@ -31,11 +31,13 @@ Launcher = Callable[[sources.Variant, str, tuple[int, int, int], int, Sequence[n
 
 
 class CupyLauncher:
-    """Compiles modules with cupy.RawModule and launches on torch's current CUDA stream."""
+    """Compiles modules with cupy.RawModule and launches on torch's current CUDA stream, on the
+    device torch has current in the creating thread (the engine's compute thread sets it)."""
 
     def __init__(self) -> None:
         import cupy
 
+        cupy.cuda.Device(torch.cuda.current_device()).use()
         self._cupy = cupy
         self._functions: dict[tuple[sources.Variant, str], object] = {}
         self._streams: dict[int, object] = {}

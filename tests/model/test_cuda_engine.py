@@ -19,7 +19,7 @@ from tests.kernels.emulator import EmulatedLauncher
 TINY = ModelConfig(architecture="LlamaForCausalLM", vocab_size=512, hidden_size=192, intermediate_size=384,
                    num_layers=2, num_heads=6, num_kv_heads=2, head_dim=64, rms_norm_eps=1e-5,
                    rope_theta=10000.0, max_position_embeddings=1024, tie_word_embeddings=False)
-PROMPTS = [[(7 * i + 3 * j) % 500 + 1 for j in range(n)] for i, n in enumerate((5, 40, 17, 70))]
+PROMPTS = [[(7 * i + 3 * j) % 500 + 1 for j in range(n)] for i, n in enumerate((5, 40, 17, 70, 9))]
 # a small token budget: prompt chunks share steps with other requests' decodes
 OPTIONS = dict(dtype="float32", num_kv_blocks=64, max_num_batched_tokens=48, max_num_seqs=8)
 
@@ -45,16 +45,40 @@ def reference_tokens() -> dict[str, list[list[int]]]:
     return {"greedy": greedy, "seeded": seeded}
 
 
-def test_emulated_cuda_kernels_give_the_reference_tokens(reference_tokens, monkeypatch):
+@pytest.fixture
+def emulated_cuda_engine(monkeypatch) -> InferenceEngine:
+    """The engine on kernels.cuda with CPU tensors, the kernels run by the emulator."""
     previous = cuda.use_launcher(EmulatedLauncher())
-    try:
-        monkeypatch.setattr(kernels, "load", lambda kind, device: cuda)  # the CUDA ops, on CPU tensors
-        eng = engine("cpu", cuda_graphs=False)
-        assert eng.core.runner.model.ops is cuda
-        assert tokens(eng, GREEDY) == reference_tokens["greedy"]
-        assert tokens(eng, SEEDED) == reference_tokens["seeded"]  # same thresholds, same noise
-    finally:
-        cuda.use_launcher(previous)
+    monkeypatch.setattr(kernels, "load", lambda kind, device: cuda)
+    eng = engine("cpu", cuda_graphs=False)
+    assert eng.core.runner.model.ops is cuda
+    yield eng
+    cuda.use_launcher(previous)
+
+
+def test_emulated_cuda_kernels_give_the_reference_tokens(reference_tokens, emulated_cuda_engine):
+    assert tokens(emulated_cuda_engine, GREEDY) == reference_tokens["greedy"]
+    assert tokens(emulated_cuda_engine, SEEDED) == reference_tokens["seeded"]  # same thresholds, same noise
+
+
+def test_decode_graph_buckets_give_the_reference_tokens(reference_tokens, emulated_cuda_engine):
+    """The decode-graph runner (buckets, padding rows, static buffers, plans built once over them)
+    with each step replayed eagerly instead of from a recorded CUDA graph."""
+    runner = emulated_cuda_engine.core.runner
+
+    def replayed_batch_sizes(max_seq_len: int) -> list[int]:
+        runner.capture_graphs(max_batch=8, max_seq_len=max_seq_len, capture=lambda step: step)
+        sizes, run = [], runner.graphs.run
+        runner.graphs.run = lambda *args: (sizes.append(args[3].shape[0]), run(*args))[1]
+        assert tokens(emulated_cuda_engine, GREEDY) == reference_tokens["greedy"]
+        assert tokens(emulated_cuda_engine, SEEDED) == reference_tokens["seeded"]
+        return sizes
+
+    sizes = replayed_batch_sizes(max_seq_len=128)
+    assert runner.graphs.buckets == [1, 2, 4, 8]
+    assert any(size not in runner.graphs.buckets for size in sizes)  # replays with padding rows
+    # the 70-token prompt outgrows 64 tokens of context: its later steps run eagerly
+    assert len(replayed_batch_sizes(max_seq_len=64)) < len(sizes)
 
 
 @pytest.mark.gpu
@@ -66,3 +90,23 @@ def test_gpu_engine_gives_the_reference_tokens(reference_tokens, cuda_graphs):
     assert (eng.core.runner.graphs is not None) == cuda_graphs
     assert tokens(eng, GREEDY) == reference_tokens["greedy"]
     assert tokens(eng, SEEDED) == reference_tokens["seeded"]
+
+
+def test_decode_graph_padding_rows_write_no_kv(emulated_cuda_engine):
+    """After a batch of 4, a batch of 3 runs in the same bucket: the padding row, whose inputs
+    are the previous step's, must not write the KV cache again."""
+    runner = emulated_cuda_engine.core.runner
+    runner.capture_graphs(max_batch=4, max_seq_len=64, capture=lambda step: step)
+
+    def decode(num_seqs: int, position: int) -> None:
+        rows = torch.arange(num_seqs)
+        positions = torch.full((num_seqs,), position)
+        with torch.inference_mode():  # sequence i owns block i + 1
+            runner.graphs.run(rows + 7, positions, (rows + 1) * 16 + position, (rows + 1)[:, None].int(),
+                              (positions + 1).int())
+
+    decode(4, position=5)
+    before = runner.kv_cache.clone()  # [layers, 2, blocks, block_size, kv heads, head_dim]
+    decode(3, position=6)
+    changed = (runner.kv_cache != before).any(dim=-1).any(dim=-1)  # [layers, 2, blocks, block_size]
+    assert {tuple(slot) for slot in changed.nonzero()[:, 2:].tolist()} == {(1, 6), (2, 6), (3, 6)}
