@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import re
 
 CSRC = pathlib.Path(__file__).parent / "csrc"
 SCALARS = {"float32": "float", "float16": "f16", "bfloat16": "bf16"}  # torch dtype name -> CUDA type
@@ -17,6 +18,7 @@ HEAD_DIMS = (64, 96, 128)  # SmolLM2 / Qwen2.5-0.5B: 64; Phi-3: 96; Llama 3, Mis
 BLOCK_SIZES = (8, 16, 32)  # pages of 32 keys per shared-memory pass must divide evenly
 SAMPLE_THREADS = 1024
 ARCHITECTURES = ("sm_80", "sm_90")
+_INCLUDE = re.compile(r'#include "([\w.]+)"')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +29,7 @@ class Variant:
     defines: tuple[tuple[str, str | int], ...]
 
     def options(self) -> tuple[str, ...]:
-        return (*(f"-D{name}={value}" for name, value in self.defines), f"-I{CSRC}", "--std=c++17")
+        return (*(f"-D{name}={value}" for name, value in self.defines), "--std=c++17")
 
 
 def attention_variant(dtype: str, head_dim: int, block_size: int) -> Variant:
@@ -56,7 +58,16 @@ def variants() -> list[Variant]:
 
 @functools.cache
 def read(source: str) -> str:
-    return (CSRC / source).read_text()
+    """The source with its local `#include "..."` files spliced in (with #line markers), so that
+    the text alone determines the binary: CuPy's compile cache keys on the text and options."""
+    lines = []
+    for number, line in enumerate((CSRC / source).read_text().splitlines(), start=1):
+        included = _INCLUDE.fullmatch(line.strip())
+        if included:
+            lines += [f'#line 1 "{included[1]}"', read(included[1]), f'#line {number + 1} "{source}"']
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def nvrtc_compile(variant: Variant, architecture: str) -> bytes:
