@@ -104,7 +104,7 @@ LLAMA_31_8B = dict(  # config.json of meta-llama/Llama-3.1-8B-Instruct, the fiel
 
 def run_forge_random(config: dict, prompts: list[list[int]], output_len: int, kv_cache_gib: float) -> float:
     engine = InferenceEngine.from_checkpoint(
-        random_checkpoint(ModelConfig.from_hf_json(config)),
+        random_checkpoint(ModelConfig.from_hf_json(config), device="cuda"),
         EngineConfig(device="cuda", dtype="bfloat16", kernels="cuda", max_num_seqs=256, max_num_batched_tokens=8192,
                      kv_cache_gib=kv_cache_gib, max_model_len=4096))
     engine.generate(prompts[:2], SamplingParams(max_tokens=2, temperature=0.0))  # warm-up
