@@ -75,7 +75,8 @@ class InferenceEngine:
         model_config = checkpoint.config
         max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
                             model_config.max_position_embeddings)
-        ops = kernels.load(config.kernels, device)
+        ops = kernels.load(config.kernels, device,
+                           (str(dtype).removeprefix("torch."), model_config.head_dim, config.block_size))
         with torch.device("meta"):
             model = Llama(model_config, ops, max_model_len).to(dtype)  # cast while it costs nothing
         model = model.to_empty(device=device)  # allocates each parameter once, in its final dtype

@@ -11,18 +11,25 @@ import types
 
 import torch
 
+from kernels import sources
 from shared.config import KERNEL_KINDS
 
 
-def load(kind: str = "auto", device: torch.device | str = "cpu") -> types.ModuleType:
+def load(kind: str = "auto", device: torch.device | str = "cpu",
+         attention: tuple[str, int, int] | None = None) -> types.ModuleType:
     """The ops module for `kind` on `device`: `ref`, `cuda`, or `auto` (cuda when `device` is a
-    CUDA device, torch sees a GPU and CuPy imports; else ref)."""
+    CUDA device, torch sees a GPU, CuPy imports and the CUDA kernels cover the model's
+    `attention` = (dtype name, head_dim, block_size); else ref). `cuda` raises where auto would
+    fall back."""
     if kind not in KERNEL_KINDS:
         raise ValueError(f"kernels must be one of {', '.join(KERNEL_KINDS)}; got {kind!r}")
     on_gpu = torch.device(device).type == "cuda" and torch.cuda.is_available()
     if kind == "cuda" and not on_gpu:
         raise ValueError(f"kernels=cuda needs a CUDA device that torch can see; got device {device!s}")
-    if kind == "cuda" or (kind == "auto" and on_gpu and _cupy_imports()):
+    if kind == "cuda" and attention is not None:
+        sources.attention_variant(*attention)  # raises, naming what is not covered
+    covered = attention is None or sources.covers(*attention)
+    if kind == "cuda" or (kind == "auto" and on_gpu and covered and _cupy_imports()):
         from kernels import cuda
 
         return cuda

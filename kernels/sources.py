@@ -32,8 +32,13 @@ class Variant:
         return (*(f"-D{name}={value}" for name, value in self.defines), "--std=c++17")
 
 
+def covers(dtype: str, head_dim: int, block_size: int) -> bool:
+    """Whether a paged-attention kernel exists for this dtype name, head size and page size."""
+    return dtype in SCALARS and head_dim in HEAD_DIMS and block_size in BLOCK_SIZES
+
+
 def attention_variant(dtype: str, head_dim: int, block_size: int) -> Variant:
-    if dtype not in SCALARS or head_dim not in HEAD_DIMS or block_size not in BLOCK_SIZES:
+    if not covers(dtype, head_dim, block_size):
         raise ValueError(f"no CUDA attention kernel for dtype={dtype}, head_dim={head_dim}, "
                          f"block_size={block_size} (have {sorted(SCALARS)}, {HEAD_DIMS}, {BLOCK_SIZES})")
     return Variant("paged_attention.cu", (("SCALAR", SCALARS[dtype]), ("HEAD_DIM", head_dim),

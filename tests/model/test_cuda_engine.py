@@ -49,7 +49,7 @@ def reference_tokens() -> dict[str, list[list[int]]]:
 def emulated_cuda_engine(monkeypatch) -> InferenceEngine:
     """The engine on kernels.cuda with CPU tensors, the kernels run by the emulator."""
     previous = cuda.use_launcher(EmulatedLauncher())
-    monkeypatch.setattr(kernels, "load", lambda kind, device: cuda)
+    monkeypatch.setattr(kernels, "load", lambda *args: cuda)
     eng = engine("cpu", cuda_graphs=False)
     assert eng.core.runner.model.ops is cuda
     yield eng

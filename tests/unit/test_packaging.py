@@ -31,3 +31,16 @@ def test_cuda_kernels_refuse_a_cpu_device_by_name():
     assert kernels.load("auto", "cpu") is kernels.load("ref", "cpu")
     with pytest.raises(ValueError, match="kernels=cuda needs a CUDA device"):
         kernels.load("cuda", "cpu")
+
+
+def test_auto_kernels_fall_back_to_the_reference_where_cuda_kernels_do_not_cover_the_model(monkeypatch):
+    import pytest
+
+    from kernels import cuda, ref
+
+    monkeypatch.setattr(kernels.torch.cuda, "is_available", lambda: True)  # as on a GPU machine with CuPy
+    monkeypatch.setattr(kernels, "_cupy_imports", lambda: True)
+    assert kernels.load("auto", "cuda", ("bfloat16", 128, 16)) is cuda
+    assert kernels.load("auto", "cuda", ("bfloat16", 80, 16)) is ref  # no head_dim 80 kernel
+    with pytest.raises(ValueError, match="head_dim=80"):
+        kernels.load("cuda", "cuda", ("bfloat16", 80, 16))
