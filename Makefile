@@ -33,7 +33,7 @@ bench: setup
 # On a GPU machine, with that machine's own CUDA torch and CuPy (no .venv; docs/gpu-results.md says
 # which wheels to bring): the GPU tests, then the kernel and end-to-end GPU benchmarks.
 gpu:
-	$(PY) -m pytest -q -m gpu -p no:cacheprovider $(ARGS)
+	$(PY) -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/model $(ARGS)
 	$(PY) benchmarks/kernels.py
 	$(PY) benchmarks/offline_throughput.py --device cuda
 
