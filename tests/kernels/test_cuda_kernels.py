@@ -125,7 +125,10 @@ def sampling_columns(num_rows: int, generator: torch.Generator):
 
 
 def test_sampling_draws_the_reference_tokens(device):
-    """Same thresholds and the same counter-based noise: the very tokens ref.sample draws."""
+    """Same thresholds and the same counter-based noise: the very tokens ref.sample draws. On a GPU
+    over 128k tokens, sums of 100k float32 masses in another order (and CUDA's expf) can move a
+    top-p / min-p boundary past one token: such a row must match ref with those parameters
+    nudged by 1e-4, and such rows must be rare."""
     num_rows, vocab = (256, 128256) if device.type == "cuda" else (40, 3000)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(num_rows, vocab, generator=g) * 3
@@ -133,8 +136,16 @@ def test_sampling_draws_the_reference_tokens(device):
     logits[2] = 0.0  # all tied: top-k 5 keeps the whole row, more than the kernel gathers
     columns = sampling_columns(num_rows, g)
     expected = ref.sample(logits, *columns)
-    got = cuda.sample(*on(device, logits, *columns))
-    assert got.dtype == torch.int64 and torch.equal(got.cpu(), expected)
+    got = cuda.sample(*on(device, logits, *columns)).cpu()
+    assert got.dtype == torch.int64
+    if device.type != "cuda":
+        assert torch.equal(got, expected)
+        return
+    temperature, top_k, top_p, min_p, seeds, offsets = columns
+    nudged = [ref.sample(logits, temperature, top_k, top_p * f, min_p * f, seeds, offsets) for f in (0.9999, 1.0001)]
+    explained = (got == expected) | (got == nudged[0]) | (got == nudged[1])
+    assert bool(explained.all()), f"rows {(~explained).nonzero().flatten().tolist()} differ from the reference"
+    assert int((got != expected).sum()) <= num_rows // 100
 
 
 def test_sampling_with_top_k_one_or_tiny_top_p_is_greedy(device):

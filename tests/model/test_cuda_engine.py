@@ -1,6 +1,7 @@
 """The whole engine on kernels.cuda gives the tokens kernels.ref gives: a random tiny Llama, chunked
-prefill mixed with decode, greedy and seeded sampling; on a GPU also with and without decode CUDA
-graphs. Without a GPU the CUDA kernels run under the CPU emulator (tests/kernels/emulator)."""
+prefill mixed with decode, greedy and seeded sampling; on a GPU (against kernels=ref on the same
+GPU) with and without decode CUDA graphs. Without a GPU the CUDA kernels run under the CPU
+emulator (tests/kernels/emulator), and the graph runner's steps are replayed eagerly."""
 
 from __future__ import annotations
 
@@ -81,15 +82,25 @@ def test_decode_graph_buckets_give_the_reference_tokens(reference_tokens, emulat
     assert len(replayed_batch_sizes(max_seq_len=64)) < len(sizes)
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_gpu_engine_gives_the_reference_tokens(reference_tokens, cuda_graphs):
+@pytest.fixture(scope="module")
+def gpu_reference_tokens() -> dict[str, list[list[int]]]:
+    """kernels=ref on the GPU: the same cuBLAS matmuls as the CUDA-kernel engine, so only the
+    kernels differ."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
+    eng = engine("cuda", kernels="ref")
+    assert eng.core.runner.graphs is None  # the reference plan cannot be replayed
+    return {"greedy": tokens(eng, GREEDY), "seeded": tokens(eng, SEEDED)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_gpu_engine_gives_the_reference_tokens(gpu_reference_tokens, cuda_graphs):
     eng = engine("cuda", kernels="cuda", cuda_graphs=cuda_graphs)
+    assert eng.core.runner.model.ops is cuda
     assert (eng.core.runner.graphs is not None) == cuda_graphs
-    assert tokens(eng, GREEDY) == reference_tokens["greedy"]
-    assert tokens(eng, SEEDED) == reference_tokens["seeded"]
+    assert tokens(eng, GREEDY) == gpu_reference_tokens["greedy"]
+    assert tokens(eng, SEEDED) == gpu_reference_tokens["seeded"]
 
 
 def test_decode_graph_padding_rows_write_no_kv(emulated_cuda_engine):
