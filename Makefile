@@ -31,11 +31,14 @@ bench: setup
 	$(BIN)/python benchmarks/serve_bench.py
 
 # On a GPU machine, with that machine's own CUDA torch and CuPy (no .venv; docs/gpu-results.md says
-# which wheels to bring): the GPU tests, then the kernel and end-to-end GPU benchmarks.
+# which wheels to bring): the GPU tests, then the kernel and end-to-end GPU benchmarks. Each runs
+# even if an earlier one failed; the target fails if any did.
 gpu:
-	$(PY) -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/model $(ARGS)
-	$(PY) benchmarks/kernels.py
-	$(PY) benchmarks/offline_throughput.py --device cuda
+	status=0; \
+	$(PY) -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/model $(ARGS) || status=1; \
+	$(PY) benchmarks/kernels.py || status=1; \
+	$(PY) benchmarks/offline_throughput.py --device cuda || status=1; \
+	exit $$status
 
 lint: setup
 	$(BIN)/ruff check engine kernels shared frontend tests benchmarks
