@@ -8,6 +8,7 @@ import logging
 import secrets
 import sys
 
+from shared.config import KERNEL_KINDS
 from shared.messages import SamplingParams
 
 
@@ -21,7 +22,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-gib", type=float, default=1.0)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--served-model-name", default=None)
-    p.add_argument("--kernels", default="auto", choices=["auto", "ref", "cuda"],
+    p.add_argument("--kernels", default="auto", choices=KERNEL_KINDS,
                    help="device ops: cuda kernels, the torch reference, or auto (cuda on a GPU when CuPy imports)")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode steps")
 
