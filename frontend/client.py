@@ -100,7 +100,7 @@ class EngineClient:
         self.curve_dir = curve_dir  # None: plain sockets
         self.workers: dict[int, Worker] = {}
         self.streams: dict[int, RequestStream] = {}
-        self.pending_tokenize: dict[int, asyncio.Future] = {}
+        self.pending_tokenize: dict[int, tuple[asyncio.Future, Worker]] = {}  # rid -> (answer, worker asked)
         self.engine_stats: EngineStats | None = None
         self.engine_stats_s = 0.0
         self.dead_worker_cpu_seconds = 0.0
@@ -152,8 +152,10 @@ class EngineClient:
         if not self.workers:
             raise Unavailable("no tokenizer worker is ready")
         worker = self._least_loaded()
+        worker.num_requests_total += 1  # spreads tokenize calls over the workers too
         rid = next(self._rids)
-        future = self.pending_tokenize[rid] = asyncio.get_running_loop().create_future()
+        future = asyncio.get_running_loop().create_future()
+        self.pending_tokenize[rid] = (future, worker)
         try:
             ipc.send(self.inbox.socket, make_request(rid), worker.identity)
             return await asyncio.wait_for(future, timeout_s)
@@ -201,7 +203,7 @@ class EngineClient:
             elif isinstance(message, TextDeltas):
                 self._route(message)
             elif isinstance(message, TokenizeResult):
-                future = self.pending_tokenize.get(message.rid)
+                future, _ = self.pending_tokenize.get(message.rid, (None, None))
                 if future is not None and not future.done():
                     future.set_result(message)
 
@@ -231,5 +233,8 @@ class EngineClient:
                 for stream in [s for s in self.streams.values() if s.worker is worker]:
                     stream.queue.put_nowait(StreamEvent("", FinishReason.ERROR, 0, 0, 0,
                                                         "the tokenizer worker serving this request died", 503, []))
+                for future, asked in self.pending_tokenize.values():
+                    if asked is worker and not future.done():
+                        future.set_exception(Unavailable("the tokenizer worker serving this request died"))
             if self.engine_stats is not None and now - self.engine_stats_s > WORKER_SILENCE_S:
                 self.engine_stats = None

@@ -94,3 +94,23 @@ def test_a_worker_attached_at_run_time_takes_requests_and_its_death_is_survived(
     finally:
         extra.kill()
         extra.wait()
+
+
+def test_a_tokenize_call_to_a_worker_that_goes_silent_fails_fast(two_worker_stack):
+    """The frontend drops a silent worker after 3 s; a /tokenize waiting on it gets 503 then,
+    not after its own 30 s timeout."""
+    stack = two_worker_stack
+    stack.post("/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 1})  # worker 1 has served
+    extra = forge("worker", "--frontend", stack.worker_address, "--engine", stack.engine_address,
+                  "--worker-id", "78")
+    try:
+        assert stack.wait_for(lambda: stack.metric("forge:tokenizer_workers") == 2, timeout_s=30)
+        extra.send_signal(signal.SIGSTOP)  # connected but silent: the least-loaded worker, asked next
+        status, body = stack.post("/tokenize", {"model": MODEL, "prompt": "Hello there"}, timeout_s=15)
+        assert status == 503 and "worker" in body["error"]["message"], body
+        assert stack.metric("forge:tokenizer_workers") == 1
+        status, body = stack.post("/tokenize", {"model": MODEL, "prompt": "Hello there"}, timeout_s=15)
+        assert status == 200 and body["count"] == len(body["tokens"]) > 0
+    finally:
+        extra.kill()
+        extra.wait()
