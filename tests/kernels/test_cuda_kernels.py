@@ -44,7 +44,7 @@ ATTENTION_CASES = {  # (seq_lens, q_lens)
 }
 
 
-def check_attention(device, seq_lens, q_lens, num_q_heads, num_kv_heads, head_dim, block_size, dtype,
+def assert_attention_matches_dense(device, seq_lens, q_lens, num_q_heads, num_kv_heads, head_dim, block_size, dtype,
                     window=None, max_seq_len=None):
     query, k_cache, v_cache, tables, lens, starts, dense_k, dense_v = make_paged_inputs(
         seq_lens, q_lens, num_q_heads, num_kv_heads, head_dim, block_size, dtype)
@@ -61,27 +61,27 @@ def check_attention(device, seq_lens, q_lens, num_q_heads, num_kv_heads, head_di
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_paged_attention_nine_query_heads_over_three(device, case, dtype):
     seq_lens, q_lens = ATTENTION_CASES[case]
-    check_attention(device, seq_lens, q_lens, 9, 3, 64, 16, dtype)
+    assert_attention_matches_dense(device, seq_lens, q_lens, 9, 3, 64, 16, dtype)
 
 
 @pytest.mark.parametrize("head_dim,block_size", [(96, 8), (128, 32), (128, 16)])
 def test_paged_attention_other_head_dims_and_pages(device, head_dim, block_size):
-    check_attention(device, [40, 7, 129, 16], [1, 7, 32, 1], 8, 2, head_dim, block_size, torch.bfloat16)
+    assert_attention_matches_dense(device, [40, 7, 129, 16], [1, 7, 32, 1], 8, 2, head_dim, block_size, torch.bfloat16)
 
 
 @pytest.mark.parametrize("window", [1, 5, 16, 40])
 def test_paged_attention_sliding_window(device, window):
-    check_attention(device, [40, 7, 129, 16], [1, 7, 32, 1], 4, 2, 64, 16, torch.float32, window)
+    assert_attention_matches_dense(device, [40, 7, 129, 16], [1, 7, 32, 1], 4, 2, 64, 16, torch.float32, window)
 
 
 def test_paged_attention_group_larger_than_a_block_of_rows(device):
     """32 query heads over 1 kv head: a prefill tile's 8 tokens x 32 heads take several row chunks."""
-    check_attention(device, [70, 20], [9, 20], 32, 1, 64, 16, torch.bfloat16)
+    assert_attention_matches_dense(device, [70, 20], [9, 20], 32, 1, 64, 16, torch.bfloat16)
 
 
 def test_paged_attention_long_context_splits_into_partitions(device):
     seq_len = 32768 if device.type == "cuda" else 1500
-    plan = check_attention(device, [seq_len, 5], [1, 1], 8, 2, 128, 16, torch.bfloat16)
+    plan = assert_attention_matches_dense(device, [seq_len, 5], [1, 1], 8, 2, 128, 16, torch.bfloat16)
     assert plan.max_parts > 1  # flash-decoding: the context is spread over several blocks
 
 
