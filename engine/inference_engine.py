@@ -100,6 +100,9 @@ class InferenceEngine:
         if checkpoint.tokenizer is not None and checkpoint.tokenizer.eos_token_id is not None:
             eos.add(checkpoint.tokenizer.eos_token_id)
         description = f"{checkpoint.description} as {str(dtype).removeprefix('torch.')} on {device}"
+        if device.type == "cuda":
+            kernels_used = ops.__name__.removeprefix("kernels.")
+            description += f", {kernels_used} kernels, {'decode graphs' if runner.graphs else 'eager'}"
         logger.info("loaded %s; KV cache %d blocks of %d tokens", description, num_blocks, block_size)
         return cls(EngineCore(scheduler, runner, frozenset(eos)), checkpoint.tokenizer, config, description)
 
