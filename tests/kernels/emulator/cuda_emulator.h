@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -47,7 +48,7 @@ namespace emu {
 
 struct Fiber {
   ucontext_t context;
-  std::vector<char> stack;
+  std::unique_ptr<char[]> stack;  // uninitialised: a launch may run 1,024 fibers
   dim3 thread;
   bool done = false;
 };
@@ -121,7 +122,8 @@ inline void launch(dim3 grid, unsigned threads, std::function<void()> body) {
   l.warp_barriers.resize((threads + 31) / 32);
   l.warp_slots.resize(threads);
   l.body = std::move(body);
-  for (Fiber& f : l.fibers) f.stack.resize(256 * 1024);
+  constexpr std::size_t stack_bytes = 64 * 1024;
+  for (Fiber& f : l.fibers) f.stack.reset(new char[stack_bytes]);
   active() = &l;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
@@ -132,8 +134,8 @@ inline void launch(dim3 grid, unsigned threads, std::function<void()> body) {
           f.thread = {t, 0, 0};
           f.done = false;
           getcontext(&f.context);
-          f.context.uc_stack.ss_sp = f.stack.data();
-          f.context.uc_stack.ss_size = f.stack.size();
+          f.context.uc_stack.ss_sp = f.stack.get();
+          f.context.uc_stack.ss_size = stack_bytes;
           f.context.uc_link = nullptr;
           makecontext(&f.context, fiber_entry, 0);
         }
