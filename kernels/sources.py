@@ -70,7 +70,7 @@ def read(source: str) -> str:
         included = _INCLUDE.fullmatch(line.strip())
         if included:
             lines += [f'#line 1 "{included[1]}"', read(included[1]), f'#line {number + 1} "{source}"']
-        else:
+        elif line.strip() != "#pragma once":  # spliced into another file, it would only draw a warning
             lines.append(line)
     return "\n".join(lines) + "\n"
 
