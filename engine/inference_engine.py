@@ -75,8 +75,8 @@ class InferenceEngine:
         model_config = checkpoint.config
         max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
                             model_config.max_position_embeddings)
-        ops = kernels.load(config.kernels, device,
-                           (str(dtype).removeprefix("torch."), model_config.head_dim, config.block_size))
+        dtype_name = str(dtype).removeprefix("torch.")
+        ops = kernels.load(config.kernels, device, (dtype_name, model_config.head_dim, config.block_size))
         with torch.device("meta"):
             model = Llama(model_config, ops, max_model_len).to(dtype)  # cast while it costs nothing
         model = model.to_empty(device=device)  # allocates each parameter once, in its final dtype
@@ -99,7 +99,7 @@ class InferenceEngine:
         eos = set(model_config.eos_token_ids)
         if checkpoint.tokenizer is not None and checkpoint.tokenizer.eos_token_id is not None:
             eos.add(checkpoint.tokenizer.eos_token_id)
-        description = f"{checkpoint.description} as {str(dtype).removeprefix('torch.')} on {device}"
+        description = f"{checkpoint.description} as {dtype_name} on {device}"
         if device.type == "cuda":
             kernels_used = ops.__name__.removeprefix("kernels.")
             description += f", {kernels_used} kernels, {'decode graphs' if runner.graphs else 'eager'}"

@@ -48,9 +48,7 @@ class ModelRunner:
             seq_lens=torch.ones(1, dtype=torch.int32, device=to),
             query_start_loc=torch.tensor([0, 1], dtype=torch.int32, device=to),
             logits_indices=torch.zeros(1, dtype=torch.int64, device=to))
-        plan = self.model.ops.plan_attention(batch.block_tables, batch.seq_lens, batch.query_start_loc,
-                                             self.model.config.sliding_window)
-        self.sampler.warm_up(self.model.compute_logits(self.model(batch, self.kv_caches, plan)))
+        self.sampler.warm_up(self.model.compute_logits(self._run_model(batch)))
 
     @torch.inference_mode()
     def capture_graphs(self, max_batch: int, max_seq_len: int, capture: Callable[[Step], Step] | None = None) -> None:
@@ -79,11 +77,14 @@ class ModelRunner:
 
     def _forward(self, batch: ScheduledBatch, sampling_rows: list[int]) -> torch.Tensor | None:
         """Eager forward pass -> [num_sampled, vocab] float32 logits (None if nothing samples)."""
-        forward_batch = self._prepare(batch, sampling_rows)
-        plan = self.model.ops.plan_attention(forward_batch.block_tables, forward_batch.seq_lens,
-                                             forward_batch.query_start_loc, self.model.config.sliding_window)
-        hidden = self.model(forward_batch, self.kv_caches, plan)  # [num_sampled, hidden]
+        hidden = self._run_model(self._prepare(batch, sampling_rows))  # [num_sampled, hidden]
         return self.model.compute_logits(hidden) if sampling_rows else None
+
+    def _run_model(self, batch: ForwardBatch) -> torch.Tensor:
+        """Plan this step's attention, then the forward pass -> [num_sampled, hidden]."""
+        plan = self.model.ops.plan_attention(batch.block_tables, batch.seq_lens, batch.query_start_loc,
+                                             self.model.config.sliding_window)
+        return self.model(batch, self.kv_caches, plan)
 
     def _decode_from_graph(self, batch: ScheduledBatch) -> torch.Tensor | None:
         """[num_seqs, vocab] logits replayed from a CUDA graph when the step is pure decode and a
@@ -96,10 +97,14 @@ class ModelRunner:
             return None
         block_tables = _pad_block_tables([r.block_ids for r in requests])  # [S, w]
         position = torch.tensor(positions, dtype=torch.int64)  # [S]
-        slots = (block_tables[torch.arange(len(requests)), position // self.block_size].long() * self.block_size
-                 + position % self.block_size)  # [S]
+        slots = self._slots(block_tables, torch.arange(len(requests)), position)  # [S]
         input_ids = torch.tensor([r.token_ids[p] for r, p in zip(requests, positions)], dtype=torch.int64)
         return self.graphs.run(input_ids, position, slots, block_tables, (position + 1).int())
+
+    def _slots(self, block_tables: torch.Tensor, seq_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """KV slot of each token: its sequence's block for that position, times block_size, plus the offset."""
+        blocks = block_tables[seq_index, positions // self.block_size].long()
+        return blocks * self.block_size + positions % self.block_size
 
     def _prepare(self, batch: ScheduledBatch, sampling_rows: list[int]) -> ForwardBatch:
         requests, num_new = batch.requests, batch.num_new_tokens
@@ -114,8 +119,7 @@ class ModelRunner:
         offsets = torch.arange(int(query_start_loc[-1])) - query_start_loc[:-1][seq_index]  # [T]
         positions = torch.tensor(num_computed, dtype=torch.int64)[seq_index] + offsets  # [T]
         block_tables = _pad_block_tables([r.block_ids for r in requests])  # [S, max_blocks]
-        slot_mapping = (block_tables[seq_index, positions // self.block_size].long() * self.block_size
-                        + positions % self.block_size)  # [T]
+        slot_mapping = self._slots(block_tables, seq_index, positions)  # [T]
         logits_indices = query_start_loc[1:][torch.tensor(sampling_rows, dtype=torch.int64)] - 1  # [num_sampled]
         to = self.device
         return ForwardBatch(

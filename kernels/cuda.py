@@ -23,7 +23,6 @@ from kernels import contract, sources
 GRAPH_SAFE = True  # every op is capturable; a plan built over static buffers replays with new lengths
 TILE_TOKENS = 8  # query tokens per attention tile; a decode row is a tile of one
 MIN_PARTITION = 256  # fewest keys one attention block takes on; a multiple of 32
-_ATTENTION_THREADS = 128  # paged_attention.cu: NUM_WARPS * 32
 _COPY_THREADS = 128
 _PENALTY_THREADS = 256
 
@@ -206,9 +205,8 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         query = query.contiguous()
     dtype = _dtype_name(query.dtype)
     variant = sources.attention_variant(dtype, head_dim, block_size)
-    rows_per_block = 4 * sources.rows_per_warp(dtype)
     group = num_q_heads // num_kv_heads
-    row_chunks = -(-plan.tile_tokens * group // rows_per_block)
+    row_chunks = -(-plan.tile_tokens * group // sources.rows_per_block(dtype))
     num_tiles = plan.tiles.shape[0]
     partial_out = partial_max = partial_sum = None
     if plan.max_parts > 1:
@@ -217,7 +215,7 @@ def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         partial_max = torch.empty(num_tokens, num_q_heads, plan.max_parts, dtype=torch.float32, device=query.device)
         partial_sum = torch.empty_like(partial_max)
     _launch(variant, "paged_attention", (num_tiles, num_kv_heads * row_chunks, plan.max_parts),
-            _ATTENTION_THREADS,
+            32 * sources.ATTENTION_WARPS,
             (query, k_cache, v_cache, out, partial_out, partial_max,
              partial_sum, plan.block_tables, plan.seq_lens, plan.query_start_loc,
              plan.tiles, np.int64(query.stride(0)), np.int32(plan.block_tables.stride(0)),

@@ -16,6 +16,7 @@ CSRC = pathlib.Path(__file__).parent / "csrc"
 SCALARS = {"float32": "float", "float16": "f16", "bfloat16": "bf16"}  # torch dtype name -> CUDA type
 HEAD_DIMS = (64, 96, 128)  # SmolLM2 / Qwen2.5-0.5B: 64; Phi-3: 96; Llama 3, Mistral: 128
 BLOCK_SIZES = (8, 16, 32)  # pages of 32 keys per shared-memory pass must divide evenly
+ATTENTION_WARPS = 4  # warps per paged-attention block (NUM_WARPS in paged_attention.cu)
 SAMPLE_THREADS = 1024
 ARCHITECTURES = ("sm_80", "sm_90")
 _INCLUDE = re.compile(r'#include "([\w.]+)"')
@@ -42,13 +43,18 @@ def attention_variant(dtype: str, head_dim: int, block_size: int) -> Variant:
         raise ValueError(f"no CUDA attention kernel for dtype={dtype}, head_dim={head_dim}, "
                          f"block_size={block_size} (have {sorted(SCALARS)}, {HEAD_DIMS}, {BLOCK_SIZES})")
     return Variant("paged_attention.cu", (("SCALAR", SCALARS[dtype]), ("HEAD_DIM", head_dim),
-                                          ("BLOCK_SIZE", block_size), ("ROWS_PER_WARP", rows_per_warp(dtype))))
+                                          ("BLOCK_SIZE", block_size), ("NUM_WARPS", ATTENTION_WARPS),
+                                          ("ROWS_PER_WARP", rows_per_warp(dtype))))
 
 
 def rows_per_warp(dtype: str) -> int:
     """Query rows per warp: 8 (32 per block); 4 in float32, whose K/V tiles take twice the shared
     memory, to stay under the 48 KiB of static shared memory."""
     return 4 if dtype == "float32" else 8
+
+
+def rows_per_block(dtype: str) -> int:
+    return ATTENTION_WARPS * rows_per_warp(dtype)
 
 
 STORE_KV = Variant("store_kv.cu", ())

@@ -1,8 +1,8 @@
 // Paged attention over a mixed batch (decode rows and prefill chunks), split along the context.
 //
 // Compile-time constants: SCALAR (float | f16 | bf16), HEAD_DIM (a multiple of 32), BLOCK_SIZE
-// (tokens per cache page, dividing 32), ROWS_PER_WARP (query rows a warp owns; kernels/cuda.py
-// picks it so that the static shared memory stays under 48 KiB).
+// (tokens per cache page, dividing 32), NUM_WARPS (per block), ROWS_PER_WARP (query rows a warp
+// owns; kernels/sources.py picks it so that the static shared memory stays under 48 KiB).
 //
 // Work split. The plan cuts every sequence's query rows into tiles of at most TILE_TOKENS tokens.
 // One thread block owns (tile, kv head, row chunk, partition): the query rows of that tile whose
@@ -17,7 +17,6 @@
 // merge_attention_partitions combines the partitions (log-sum-exp weighting).
 #include "common.cuh"
 
-#define NUM_WARPS 4
 #define NUM_THREADS (NUM_WARPS * 32)
 #define MAX_ROWS (NUM_WARPS * ROWS_PER_WARP)  // query rows (tokens x heads of a group) per block
 #define KEYS_PER_ITER 32                       // one key per lane
