@@ -8,6 +8,7 @@ import logging
 import secrets
 import sys
 
+from shared import ipc
 from shared.config import KERNEL_KINDS
 from shared.messages import SamplingParams
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError) as exc:  # bad input: one clear line, no traceback
+    except (ValueError, TypeError, ipc.BindError) as exc:  # bad input: one clear line, no traceback
         print(f"forge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

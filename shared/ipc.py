@@ -7,6 +7,7 @@ dropping (ROUTER_MANDATORY). Each inbox decodes one tagged union with one pre-bu
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import msgspec
@@ -21,6 +22,10 @@ _encoder = msgspec.msgpack.Encoder()
 
 def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
+
+
+class BindError(OSError):
+    """An address this process must serve on is taken or invalid."""
 
 
 def make_socket(context: zmq.Context, kind: int, address: str, bind: bool, identity: bytes | None = None,
@@ -39,7 +44,11 @@ def make_socket(context: zmq.Context, kind: int, address: str, bind: bool, ident
     if identity is not None:
         socket.setsockopt(zmq.IDENTITY, identity)
     if bind:
-        socket.bind(address)
+        try:
+            socket.bind(address)
+        except zmq.ZMQError as exc:
+            socket.close()
+            raise BindError(f"cannot bind {address}: {os.strerror(exc.errno)}") from exc
     else:
         socket.connect(address)
     return socket

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,14 +19,33 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def free_port(count: int = 1) -> int:
-    """A port P with P..P+count-1 free (the engine binds P and P+1)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + count < 65535 and all(_is_free(port + i) for i in range(1, count)):
+    """A port P with P..P+count-1 free (the engine binds P and P+1).
+
+    Ports come from below the kernel's ephemeral range: a port in that range can be taken between
+    this check and the bind by any outgoing connection, including a ZeroMQ peer retrying its
+    connect to that very port before it is bound (TCP then connects the socket to itself)."""
+    low, _ = _ephemeral_range()
+    bottom = 10_000 if low > 12_000 else 1_024  # below the range if the machine leaves room
+    for _ in range(200):
+        port = _port_picker.randrange(bottom, max(low, bottom + 1_000) - count)
+        candidates = range(port, port + count)
+        if not _handed_out.intersection(candidates) and all(_is_free(p) for p in candidates):
+            _handed_out.update(candidates)
             return port
     raise RuntimeError("no free port range")
+
+
+_port_picker = random.Random(os.getpid() ^ time.time_ns())
+_handed_out: set[int] = set()  # never hand a port out twice in one test run
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = map(int, f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def _is_free(port: int) -> bool:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 
 import openai
 import psutil
+import zmq
 
 from tests.e2e.conftest import MODEL
 from tests.e2e.stack import HttpProbe, Stack, forge, free_port
@@ -83,3 +85,17 @@ def _status(stack: HttpProbe) -> int:
         return stack.get("/health")[0]
     except OSError:
         return 0
+
+
+def test_a_taken_address_is_one_clear_line_and_exit_2():
+    port = free_port()
+    holder = zmq.Context.instance().socket(zmq.PULL)
+    holder.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        frontend = forge("frontend", "--port", str(free_port()), "--worker-address", f"tcp://127.0.0.1:{port}",
+                         stderr=subprocess.PIPE, text=True)
+        _, stderr = frontend.communicate(timeout=60)
+    finally:
+        holder.close(linger=0)
+    assert frontend.returncode == 2
+    assert stderr.strip() == f"forge: error: cannot bind tcp://127.0.0.1:{port}: Address already in use"
