@@ -22,6 +22,7 @@ from engine.completion import Completion
 from engine.detokenizer import IncrementalDetokenizer
 from engine.device import resolve_device, resolve_dtype
 from engine.engine_core import EngineCore, RequestDelta
+from engine.int4_linear import resolve_weight_format
 from engine.llama import Llama
 from engine.loaders import Checkpoint, open_checkpoint
 from engine.model_runner import ModelRunner
@@ -78,7 +79,9 @@ class InferenceEngine:
         dtype_name = str(dtype).removeprefix("torch.")
         ops = kernels.load(config.kernels, device, (dtype_name, model_config.head_dim, config.block_size))
         with torch.device("meta"):
-            model = Llama(model_config, ops, max_model_len).to(dtype)  # cast while it costs nothing
+            model = Llama(model_config, ops, max_model_len)
+            weight_format = cls._use_int4(model, checkpoint, config, device, dtype)
+            model = model.to(dtype)  # cast while it costs nothing
         model = model.to_empty(device=device)  # allocates each parameter once, in its final dtype
         model.reset_rope_cache(max_model_len)
         model.load_weights(checkpoint.open_weights())
@@ -100,11 +103,25 @@ class InferenceEngine:
         if checkpoint.tokenizer is not None and checkpoint.tokenizer.eos_token_id is not None:
             eos.add(checkpoint.tokenizer.eos_token_id)
         description = f"{checkpoint.description} as {dtype_name} on {device}"
+        if weight_format != "float":
+            description += f", {weight_format} weights"
         if device.type == "cuda":
             kernels_used = ops.__name__.removeprefix("kernels.")
             description += f", {kernels_used} kernels, {'decode graphs' if runner.graphs else 'eager'}"
         logger.info("loaded %s; KV cache %d blocks of %d tokens", description, num_blocks, block_size)
         return cls(EngineCore(scheduler, runner, frozenset(eos)), checkpoint.tokenizer, config, description)
+
+    @staticmethod
+    def _use_int4(model: Llama, checkpoint: Checkpoint, config: EngineConfig, device: torch.device,
+                  dtype: torch.dtype) -> str:
+        """Keep the checkpoint's 4-bit layers 4-bit where config.quantized_weights asks for it (see
+        engine/int4_linear.py); returns the weight format used."""
+        layers = model.int4_candidates(checkpoint.int4_weights)
+        float_bytes = sum(layer.in_features * layer.out_features for layer in layers.values()) * dtype.itemsize
+        weight_format = resolve_weight_format(config.quantized_weights, device, dtype, bool(layers), float_bytes)
+        if weight_format != "float":
+            model.use_int4(layers, keep_float=weight_format == "mixed")
+        return weight_format
 
     # --- text helpers ---------------------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,

@@ -14,6 +14,8 @@ from torch import nn
 
 from engine import rope
 from engine.forward_batch import ForwardBatch
+from engine.int4_linear import Int4Linear
+from engine.loaders.int4_groups import Int4Groups
 from engine.model_config import ModelConfig
 
 
@@ -125,20 +127,53 @@ class Llama(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[num_sampled, hidden] -> [num_sampled, vocab] float32."""
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return nn.functional.linear(hidden, weight).float()
+        if self.lm_head is None:
+            return nn.functional.linear(hidden, self.embed_tokens.weight).float()
+        return self.lm_head(hidden).float()
+
+    def int4_candidates(self, int4_weights: frozenset[str]) -> dict[str, nn.Linear]:
+        """The linear layers whose checkpoint parts all arrive as Int4Groups (`int4_weights`: HF
+        names) and whose shape torch's int4 packing takes (16-row blocks)."""
+        fused = self._fused_parts()
+        found = {}
+        for name, module in self.named_modules():
+            if not isinstance(module, nn.Linear) or module.out_features % 16:
+                continue
+            whole = f"{'' if name == 'lm_head' else 'model.'}{name}.weight"
+            parts = [whole.replace(f".{fused_name}.", f".{part}.")
+                     for part, (fused_name, _, _) in fused.items() if f".{fused_name}." in whole]
+            if whole in int4_weights or (parts and all(p in int4_weights for p in parts)):
+                found[name] = module
+        return found
+
+    def use_int4(self, layers: dict[str, nn.Linear], keep_float: bool) -> None:
+        """Swap `layers` (from int4_candidates) for Int4Linear layers, with a float copy too if
+        `keep_float`. Call before the parameters are allocated (on the meta device)."""
+        for name, module in layers.items():
+            parent, _, attr = name.rpartition(".")
+            setattr(self.get_submodule(parent), attr, Int4Linear(
+                module.in_features, module.out_features, module.bias is not None, keep_float))
 
     @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | Int4Groups]]) -> None:
         """Copy Hugging Face-named tensors in, fusing q/k/v and gate/up; every parameter must be
-        filled exactly once, and unknown or mis-shaped tensors raise ValueError."""
+        filled exactly once, and unknown or mis-shaped tensors raise ValueError. Int4Groups go
+        into Int4Linear layers as they are, and are dequantized for every other place."""
         params = dict(self.named_parameters())
+        modules = dict(self.named_modules())
         fused = self._fused_parts()
         filled: set[str] = set()
         for hf_name, tensor in weights:
             target, row = self._locate(hf_name, fused)
             if target is None:
                 continue
+            module_name, _, kind = target.rpartition(".")
+            if isinstance(modules.get(module_name), Int4Linear) and kind == "weight":
+                self._load_int4(modules[module_name], hf_name, tensor, row)
+                filled.add(hf_name.removeprefix("model."))
+                continue
+            if isinstance(tensor, Int4Groups):
+                tensor = tensor.dequantize()
             if target not in params:
                 raise ValueError(f"checkpoint tensor {hf_name!r} has no place in {self.config.architecture}")
             param = params[target]
@@ -149,6 +184,18 @@ class Llama(nn.Module):
             rows.copy_(tensor)
             filled.add(hf_name.removeprefix("model."))
         self._check_all_filled(params, filled)
+        incomplete = [name for name, m in modules.items() if isinstance(m, Int4Linear) and not m.complete]
+        if incomplete:
+            raise ValueError(f"checkpoint lacks rows of {len(incomplete)} 4-bit layers, e.g. {incomplete[:3]}")
+
+    @staticmethod
+    def _load_int4(layer: Int4Linear, hf_name: str, tensor: torch.Tensor | Int4Groups,
+                   row: tuple[int, int] | None) -> None:
+        expected = (layer.out_features if row is None else row[1], layer.in_features)
+        if not isinstance(tensor, Int4Groups) or tensor.shape != expected:
+            got = f"shape {tuple(tensor.shape)}" if isinstance(tensor, Int4Groups) else "a float tensor"
+            raise ValueError(f"checkpoint tensor {hf_name!r}: expected 4-bit groups of shape {expected}, got {got}")
+        layer.load_rows(0 if row is None else row[0], tensor)
 
     def _fused_parts(self) -> dict[str, tuple[str, int, int]]:
         """Checkpoint part -> (fused parameter, first row, num rows): q/k/v and gate/up."""

@@ -9,7 +9,7 @@ import secrets
 import sys
 
 from shared import ipc
-from shared.config import KERNEL_KINDS
+from shared.config import KERNEL_KINDS, WEIGHT_FORMATS
 from shared.messages import SamplingParams
 
 
@@ -26,13 +26,17 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernels", default="auto", choices=KERNEL_KINDS,
                    help="device ops: cuda kernels, the torch reference, or auto (cuda on a GPU when CuPy imports)")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode steps")
+    p.add_argument("--quantized-weights", default="auto", choices=WEIGHT_FORMATS,
+                   help="4-bit GGUF layers (Q4_0/Q4_1/Q4_K) on a bfloat16 CPU model: int4 keeps them 4-bit, "
+                        "mixed adds a float copy for steps of more than 16 tokens, float dequantizes them; "
+                        "auto: mixed while the float copy is at most 2 GiB, else int4 (float elsewhere)")
 
 
 def _engine_options(args: argparse.Namespace) -> list[str]:
     """The engine flags of `forge serve`, passed on to the engine child."""
     out = ["--device", args.device, "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
            "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--kv-cache-gib", str(args.kv_cache_gib),
-           "--kernels", args.kernels]
+           "--kernels", args.kernels, "--quantized-weights", args.quantized_weights]
     for flag, value in (("--max-model-len", args.max_model_len), ("--num-kv-blocks", args.num_kv_blocks),
                         ("--served-model-name", args.served_model_name)):
         if value is not None:
@@ -77,7 +81,8 @@ def _run_engine(args: argparse.Namespace) -> int:
         args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         num_kv_blocks=args.num_kv_blocks, kv_cache_gib=args.kv_cache_gib,
-        enable_prefix_caching=not args.no_prefix_caching, kernels=args.kernels, cuda_graphs=not args.enforce_eager)
+        enable_prefix_caching=not args.no_prefix_caching, kernels=args.kernels, cuda_graphs=not args.enforce_eager,
+        quantized_weights=args.quantized_weights)
     tokenizer = engine.tokenizer
     if tokenizer is None:
         raise ValueError("serving needs a model with a tokenizer")

@@ -11,6 +11,7 @@ import dataclasses
 _DEVICES = ("cpu", "cuda", "auto")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 KERNEL_KINDS = ("auto", "ref", "cuda")  # kernels.load picks one
+WEIGHT_FORMATS = ("auto", "float", "int4", "mixed")  # 4-bit checkpoint layers: engine/int4_linear.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +22,7 @@ class EngineConfig:
     device: str = "cpu"
     dtype: str = "auto"
     kernels: str = "auto"
+    quantized_weights: str = "auto"  # WEIGHT_FORMATS: keep 4-bit GGUF layers 4-bit (CPU, bfloat16)
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: sized from kv_cache_gib
     kv_cache_gib: float = 1.0
@@ -36,6 +38,7 @@ class EngineConfig:
         _choice("device", self.device.split(":")[0], _DEVICES)
         _choice("dtype", self.dtype, _DTYPES)
         _choice("kernels", self.kernels, KERNEL_KINDS)
+        _choice("quantized_weights", self.quantized_weights, WEIGHT_FORMATS)
         _positive("block_size", self.block_size)
         _positive("max_num_seqs", self.max_num_seqs)
         _positive("max_num_batched_tokens", self.max_num_batched_tokens)

@@ -36,3 +36,31 @@ def hf_smollm2(gguf_path: str):
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
     return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def smollm2_prompts(smollm2) -> list[list[int]]:
+    """The golden prompts as token ids: chat turns, plain text, and one long text that spans
+    several prefill chunks."""
+    from tests.model.prompts import CHAT, PLAIN, long_text
+
+    chat = [smollm2.apply_chat_template(m, tokenize=True) for m in CHAT]
+    return chat + [smollm2.tokenizer.encode(p) for p in PLAIN + [long_text()]]
+
+
+HF_GREEDY_TOKENS = 48
+
+
+@pytest.fixture(scope="session")
+def hf_greedy_runs(hf_smollm2, smollm2_prompts) -> list[tuple[list[int], list[int], list[float], list]]:
+    """(prompt, tokens, top-2 margins, log-softmax per step) of transformers' float32 greedy
+    continuation of each golden prompt, HF_GREEDY_TOKENS long: computed once, the slowest oracle."""
+    from tests.model.hf_oracle import hf_greedy
+
+    hf_model, _ = hf_smollm2
+    runs = []
+    for prompt in smollm2_prompts:
+        step_logprobs: list = []
+        tokens, margins = hf_greedy(hf_model, prompt, HF_GREEDY_TOKENS, step_logprobs)
+        runs.append((prompt, tokens, margins, step_logprobs))
+    return runs

@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from engine.loaders.int4_groups import Int4Groups
 from engine.model_config import ModelConfig
 from engine.tokenizer import Tokenizer
 
-WeightStream = Iterator[tuple[str, torch.Tensor]]  # Hugging Face tensor names
+WeightStream = Iterator[tuple[str, torch.Tensor | Int4Groups]]  # Hugging Face tensor names
 
 
 class ModelLoadError(ValueError):
@@ -23,3 +24,4 @@ class Checkpoint:
     open_weights: Callable[[], WeightStream]  # called once, after the model is built
     tokenizer: Tokenizer | None  # None: random weights, no vocabulary
     description: str  # what was loaded, for the start-up log line
+    int4_weights: frozenset[str] = frozenset()  # HF names the stream yields as Int4Groups

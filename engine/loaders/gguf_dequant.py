@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as QType
 
+from engine.loaders.int4_groups import Int4Groups
+
 
 def _scale(blocks: torch.Tensor, start: int) -> torch.Tensor:
     """The float16 at bytes [start, start+2) of every block, as float32 [num_blocks, 1]."""
@@ -28,12 +30,12 @@ def _q8_0(blocks: torch.Tensor) -> torch.Tensor:  # 2-byte scale + 32 int8
     return blocks[:, 2:].contiguous().view(torch.int8).float().mul_(_scale(blocks, 0))
 
 
-def _q4_0(blocks: torch.Tensor) -> torch.Tensor:  # 2-byte scale + 16 bytes of 4-bit values - 8
-    return (_nibbles(blocks[:, 2:]).to(torch.int8) - 8).float().mul_(_scale(blocks, 0))
+def _q4_0_groups(blocks: torch.Tensor) -> Int4Groups:  # 2-byte scale + 16 bytes of 4-bit values - 8
+    return Int4Groups(_nibbles(blocks[:, 2:]), _scale(blocks, 0), None)
 
 
-def _q4_1(blocks: torch.Tensor) -> torch.Tensor:  # scale, minimum, 16 bytes of 4-bit values
-    return _nibbles(blocks[:, 4:]).float().mul_(_scale(blocks, 0)).add_(_scale(blocks, 2))
+def _q4_1_groups(blocks: torch.Tensor) -> Int4Groups:  # scale, minimum, 16 bytes of 4-bit values
+    return Int4Groups(_nibbles(blocks[:, 4:]), _scale(blocks, 0), _scale(blocks, 2))
 
 
 def _shifted(packed: torch.Tensor, shape: tuple[int, ...], shifts: list[int], mask: int) -> torch.Tensor:
@@ -87,13 +89,12 @@ def _k_scales(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return scales, mins
 
 
-def _q4_k(blocks: torch.Tensor) -> torch.Tensor:  # d, dmin, packed scales, 4-bit values
+def _q4_k_groups(blocks: torch.Tensor) -> Int4Groups:  # d, dmin, packed scales, 4-bit values
     n = blocks.shape[0]
     scales, mins = _k_scales(blocks[:, 4:16])
-    d = (_scale(blocks, 0) * scales.float()).reshape(n, -1, 1)
-    dm = (_scale(blocks, 2) * mins.float()).reshape(n, -1, 1)
-    qs = _shifted(blocks[:, 16:], (n, 4, 1, 32), [0, 4], 0x0F).reshape(n, 8, 32).float()
-    return qs.mul_(d).sub_(dm).reshape(n, 256)
+    d = _scale(blocks, 0) * scales.float()  # [n, 8]
+    dm = _scale(blocks, 2) * mins.float()  # [n, 8]; ggml subtracts it, and x - y == x + (-y) exactly
+    return Int4Groups(_shifted(blocks[:, 16:], (n, 4, 1, 32), [0, 4], 0x0F).reshape(n, 256), d, -dm)
 
 
 def _q5_k(blocks: torch.Tensor) -> torch.Tensor:  # d, dmin, packed scales, high bits, low nibbles
@@ -115,11 +116,21 @@ def _q6_k(blocks: torch.Tensor) -> torch.Tensor:  # low nibbles, 2-bit highs, in
     return q.mul_(d).reshape(n, 256)
 
 
+_INT4_FORMATS: dict[QType, Callable[[torch.Tensor], Int4Groups]] = {
+    QType.Q4_0: _q4_0_groups, QType.Q4_1: _q4_1_groups, QType.Q4_K: _q4_k_groups,
+}
+INT4_TYPES = tuple(_INT4_FORMATS)  # formats that are 4-bit codes with one scale (and min) per 32 values
+
+
+def _dequantized(groups: Callable[[torch.Tensor], Int4Groups]) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda blocks: groups(blocks).dequantize()
+
+
 # type -> (values per block, bytes per block, decoder of [num_blocks, bytes] uint8)
 _BLOCK_FORMATS: dict[QType, tuple[int, int, Callable[[torch.Tensor], torch.Tensor]]] = {
-    QType.Q8_0: (32, 34, _q8_0), QType.Q4_0: (32, 18, _q4_0), QType.Q4_1: (32, 20, _q4_1),
-    QType.Q5_0: (32, 22, _q5_0), QType.Q5_1: (32, 24, _q5_1),
-    QType.Q2_K: (256, 84, _q2_k), QType.Q3_K: (256, 110, _q3_k), QType.Q4_K: (256, 144, _q4_k),
+    QType.Q8_0: (32, 34, _q8_0), QType.Q4_0: (32, 18, _dequantized(_q4_0_groups)),
+    QType.Q4_1: (32, 20, _dequantized(_q4_1_groups)), QType.Q5_0: (32, 22, _q5_0), QType.Q5_1: (32, 24, _q5_1),
+    QType.Q2_K: (256, 84, _q2_k), QType.Q3_K: (256, 110, _q3_k), QType.Q4_K: (256, 144, _dequantized(_q4_k_groups)),
     QType.Q5_K: (256, 176, _q5_k), QType.Q6_K: (256, 210, _q6_k),
 }
 _PLAIN_FORMATS = {QType.F32: torch.float32, QType.F16: torch.float16, QType.BF16: torch.bfloat16}
@@ -129,14 +140,32 @@ SUPPORTED_TYPES = tuple(sorted((*_PLAIN_FORMATS, *_BLOCK_FORMATS), key=int))
 def dequantize(data: np.ndarray, qtype: QType, shape: tuple[int, ...]) -> torch.Tensor:
     """Raw tensor bytes (as the GGUF reader maps them) -> float32 tensor of `shape` (row-major,
     the innermost dimension last). F32/F16/BF16 are returned as stored, without a float32 copy."""
-    raw = torch.from_numpy(np.array(data, copy=True).reshape(-1).view(np.uint8))  # [num_bytes] uint8
     if qtype in _PLAIN_FORMATS:
-        return raw.view(_PLAIN_FORMATS[qtype]).reshape(shape)
+        return _raw_bytes(data).view(_PLAIN_FORMATS[qtype]).reshape(shape)
     if qtype not in _BLOCK_FORMATS:
         names = ", ".join(t.name for t in SUPPORTED_TYPES)
         raise ValueError(f"unsupported GGUF quantization {qtype.name}; supported: {names}")
-    values_per_block, bytes_per_block, decode = _BLOCK_FORMATS[qtype]
+    return _BLOCK_FORMATS[qtype][2](_blocks(data, qtype, shape)).reshape(shape)
+
+
+def int4_groups(data: np.ndarray, qtype: QType, shape: tuple[int, ...]) -> Int4Groups:
+    """A 2-D tensor of one of INT4_TYPES as 4-bit codes and per-group scales (and mins), rows kept:
+    codes [rows, cols], scales and mins [rows, cols / 32]."""
+    if qtype not in _INT4_FORMATS or len(shape) != 2 or shape[1] % _BLOCK_FORMATS[qtype][0]:
+        raise ValueError(f"a {qtype.name} tensor of shape {shape} is not rows of 4-bit groups")
+    groups = _INT4_FORMATS[qtype](_blocks(data, qtype, shape))
+    return groups.map_rows(lambda t: t.reshape(shape[0], -1))
+
+
+def _raw_bytes(data: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(data, copy=True).reshape(-1).view(np.uint8))  # [num_bytes] uint8
+
+
+def _blocks(data: np.ndarray, qtype: QType, shape: tuple[int, ...]) -> torch.Tensor:
+    """[num_blocks, bytes per block] uint8, after checking the byte count against `shape`."""
+    raw = _raw_bytes(data)
+    values_per_block, bytes_per_block, _ = _BLOCK_FORMATS[qtype]
     num_values = int(np.prod(shape))
     if num_values % values_per_block or raw.numel() != num_values // values_per_block * bytes_per_block:
         raise ValueError(f"{qtype.name} tensor of shape {shape} has {raw.numel()} bytes, which does not match")
-    return decode(raw.view(-1, bytes_per_block)).reshape(shape)
+    return raw.view(-1, bytes_per_block)

@@ -5,6 +5,7 @@ Files are untrusted: every structural problem becomes a ModelLoadError naming th
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -13,6 +14,7 @@ import torch
 from engine.loaders import gguf_dequant
 from engine.loaders.checkpoint import Checkpoint, ModelLoadError, WeightStream
 from engine.loaders.gguf_reader import GGUFFile
+from engine.loaders.int4_groups import Int4Groups
 from engine.loaders.progress import Progress
 from engine.model_config import ModelConfig
 from engine.tokenizer import Tokenizer
@@ -50,7 +52,8 @@ def load_gguf(path: str) -> Checkpoint:
     size_mib = os.path.getsize(path) / 2**20
     description = (f"{meta.get('general.name', os.path.basename(path))} ({config.architecture}, "
                    f"{config.num_params / 1e6:.0f}M params, GGUF {'+'.join(types)}, {size_mib:.0f} MiB)")
-    return Checkpoint(config, lambda: _weights(gguf_file, config, arch), tokenizer, description)
+    return Checkpoint(config, lambda: _weights(gguf_file, config, arch), tokenizer, description,
+                      int4_weights=_int4_names(gguf_file, arch))
 
 
 def _rope_factors(gguf_file: GGUFFile) -> dict[str, list[float]]:
@@ -88,19 +91,45 @@ def _hf_name(gguf_name: str, arch: str) -> str | None:
     return None
 
 
+def _int4_names(gguf_file: GGUFFile, arch: str) -> frozenset[str]:
+    """HF names of the matrices the weight stream hands over as Int4Groups."""
+    names = (_hf_name(t.name, arch) for t in gguf_file.tensors if _is_int4_matrix(t.qtype, t.shape))
+    return frozenset(name for name in names if name)
+
+
+def _is_int4_matrix(qtype: gguf_dequant.QType, shape: tuple[int, ...]) -> bool:
+    return qtype in gguf_dequant.INT4_TYPES and len(shape) == 2
+
+
 def _weights(gguf_file: GGUFFile, config: ModelConfig, arch: str) -> WeightStream:
+    """HF-named weights: 4-bit matrices as Int4Groups (the model keeps or dequantizes them),
+    everything else dequantized to float."""
     progress = Progress(f"loading {os.path.basename(gguf_file.path)}", len(gguf_file.tensors))
     for tensor in gguf_file.tensors:
         name = _hf_name(tensor.name, arch)
         if name:
-            weight = gguf_dequant.dequantize(gguf_file.tensor_bytes(tensor), tensor.qtype, tensor.shape)
-            if arch in _PERMUTED_ROPE and ".attn_q." in tensor.name:
-                weight = _unpermute_rope_rows(weight, config.num_heads)
-            elif arch in _PERMUTED_ROPE and ".attn_k." in tensor.name:
-                weight = _unpermute_rope_rows(weight, config.num_kv_heads)
+            data = gguf_file.tensor_bytes(tensor)
+            if _is_int4_matrix(tensor.qtype, tensor.shape):
+                weight = gguf_dequant.int4_groups(data, tensor.qtype, tensor.shape)
+            else:
+                weight = gguf_dequant.dequantize(data, tensor.qtype, tensor.shape)
+            num_heads = _permuted_heads(tensor.name, arch, config)
+            if num_heads and isinstance(weight, Int4Groups):
+                weight = weight.map_rows(functools.partial(_unpermute_rope_rows, num_heads=num_heads))
+            elif num_heads:
+                weight = _unpermute_rope_rows(weight, num_heads)
             yield name, weight
         progress.advance()
     progress.close()
+
+
+def _permuted_heads(gguf_name: str, arch: str, config: ModelConfig) -> int | None:
+    """The head count of a q/k matrix whose rotary pairs llama.cpp interleaved, else None."""
+    if arch in _PERMUTED_ROPE and ".attn_q." in gguf_name:
+        return config.num_heads
+    if arch in _PERMUTED_ROPE and ".attn_k." in gguf_name:
+        return config.num_kv_heads
+    return None
 
 
 def _unpermute_rope_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:

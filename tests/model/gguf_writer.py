@@ -21,7 +21,9 @@ def _permute(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
         .swapaxes(1, 2).reshape(weight.shape)
 
 
-def write_gguf(model: torch.nn.Module, path, arch: str) -> None:
+def write_gguf(model: torch.nn.Module, path, arch: str, quantization: gguf.GGMLQuantizationType | None = None) -> None:
+    """`quantization`: store every matrix whose rows split into whole blocks in that format
+    (the rest, and everything by default, as float32)."""
     config = model.config
     writer = gguf.GGUFWriter(str(path), arch)
     for key, value in (("context_length", config.max_position_embeddings), ("embedding_length", config.hidden_size),
@@ -63,8 +65,16 @@ def write_gguf(model: torch.nn.Module, path, arch: str) -> None:
             tensor = _permute(tensor, config.num_attention_heads)
         elif arch == "llama" and ".attn_k." in gguf_name:
             tensor = _permute(tensor, config.num_key_value_heads)
-        writer.add_tensor(gguf_name, tensor.float().numpy())
+        _add_tensor(writer, gguf_name, tensor.float().numpy(), quantization)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def _add_tensor(writer: gguf.GGUFWriter, name: str, values: np.ndarray,
+                quantization: gguf.GGMLQuantizationType | None) -> None:
+    if quantization is None or values.ndim != 2 or values.shape[1] % gguf.GGML_QUANT_SIZES[quantization][0]:
+        writer.add_tensor(name, values)
+    else:
+        writer.add_tensor(name, gguf.quants.quantize(values, quantization), raw_dtype=quantization)

@@ -78,3 +78,30 @@ def _finite_scales(blocks: np.ndarray, qtype) -> np.ndarray:
         scales = np.random.default_rng(offset).uniform(-0.05, 0.05, blocks.shape[0]).astype(np.float16)
         blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
     return blocks
+
+
+@pytest.mark.parametrize("qtype", gguf_dequant.INT4_TYPES, ids=lambda t: t.name)
+def test_int4_groups_hold_the_same_values_row_by_row(qtype):
+    """What a kept-4-bit layer receives: codes and per-32 scales/mins that dequantize bit-identically
+    to the gguf package, in the tensor's own row order."""
+    values_per_block, bytes_per_block = gguf.GGML_QUANT_SIZES[qtype]
+    rows, cols = 48, 2 * values_per_block
+    rng = np.random.default_rng(int(qtype))
+    if qtype == gguf.GGMLQuantizationType.Q4_K:
+        blocks = _finite_scales(rng.integers(0, 256, size=(rows * 2, bytes_per_block), dtype=np.uint8), qtype)
+    else:
+        blocks = gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
+    groups = gguf_dequant.int4_groups(blocks, qtype, (rows, cols))
+    expected = torch.from_numpy(gguf.quants.dequantize(blocks, qtype).copy()).reshape(rows, cols)
+    assert groups.codes.shape == (rows, cols) and groups.scales.shape == (rows, cols // 32)
+    assert int(groups.codes.max()) <= 15
+    assert torch.equal(groups.dequantize(), expected)
+    torch_form = (groups.codes.float() - 8).view(rows, -1, 32) * groups.scales[..., None] \
+        + groups.zero_points()[..., None]  # torch's int4 layout: (code - 8) * scale + zero
+    assert torch.allclose(torch_form.view(rows, cols), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_a_tensor_that_is_not_rows_of_4_bit_groups_is_refused():
+    blocks = gguf.quants.quantize(np.ones((4, 64), dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
+    with pytest.raises(ValueError, match="not rows of 4-bit groups"):
+        gguf_dequant.int4_groups(blocks, gguf.GGMLQuantizationType.Q8_0, (4, 64))

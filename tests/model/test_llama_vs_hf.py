@@ -69,6 +69,50 @@ def test_tiny_gguf_of_each_family_matches_transformers(variant, prompt_len, tmp_
     _assert_matches_transformers(engine, hf_model, prompt_len)
 
 
+@pytest.mark.parametrize("variant", sorted(GGUF_VARIANTS))
+def test_tiny_q4_gguf_of_each_family_keeps_every_layer_4_bit_in_place(variant, tmp_path):
+    """Q4_1 matrices (llama: permuted q/k rows; untied: a 4-bit head; qwen2: biases; phi3: fused
+    qkv and gate/up tensors) kept 4-bit: each layer, applied to the identity, gives transformers'
+    weight within Q4_1's rounding, row for row; and the first greedy tokens agree with the same
+    file dequantized."""
+    import gguf
+
+    from engine.int4_linear import Int4Linear
+    from tests.model.gguf_writer import write_gguf
+
+    hf_model = _save_tiny_model(tmp_path, *VARIANTS[variant])
+    write_gguf(hf_model, tmp_path / "model.gguf", GGUF_VARIANTS[variant], gguf.GGMLQuantizationType.Q4_1)
+    engines = {fmt: InferenceEngine.from_pretrained(str(tmp_path / "model.gguf"), dtype="bfloat16",
+                                                    quantized_weights=fmt) for fmt in ("float", "int4")}
+    kept = {name: m for name, m in engines["int4"].core.runner.model.named_modules() if isinstance(m, Int4Linear)}
+    head_kept = not hf_model.config.tie_word_embeddings  # a tied head is the float embedding
+    assert len(kept) == 4 * 2 + head_kept and ("lm_head" in kept) == head_kept
+    hf_weights = hf_model.state_dict()
+    for name, layer in kept.items():
+        expected = _hf_tensor(hf_weights, name)  # [N, K] float32, before quantization
+        identity = torch.eye(layer.in_features, dtype=torch.bfloat16)  # [K, K]
+        with torch.no_grad():
+            got = torch.cat([layer(rows) for rows in identity.split(16)]).float().t()  # [N, K] plus bias
+        if layer.bias is not None:
+            got -= _hf_tensor(hf_weights, name, "bias")[:, None]
+        # Q4_1 rounds each value by up to 1/30 of its block's range; a misplaced row is off by far more
+        assert (got - expected).abs().max() <= 0.1 * expected.abs().max(), name
+    prompt = torch.randint(0, 256, (24,), generator=torch.Generator().manual_seed(3)).tolist()
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    assert engines["int4"].generate(prompt, params).token_ids == engines["float"].generate(prompt, params).token_ids
+
+
+def _hf_tensor(state: dict[str, torch.Tensor], name: str, kind: str = "weight") -> torch.Tensor:
+    """The transformers weight (or bias) of Forge's layer `name`, q/k/v and gate/up stacked as
+    Forge fuses them."""
+    prefix = "" if name == "lm_head" else "model."
+    if f"{prefix}{name}.{kind}" in state:
+        return state[f"{prefix}{name}.{kind}"].float()
+    parts = ("q_proj", "k_proj", "v_proj") if name.endswith("qkv_proj") else ("gate_proj", "up_proj")
+    whole = name.rpartition(".")[2]
+    return torch.cat([state[f"{prefix}{name.replace(whole, part)}.{kind}"] for part in parts]).float()
+
+
 def _assert_matches_transformers(engine: InferenceEngine, hf_model: torch.nn.Module, prompt_len: int) -> None:
     # Seed 3: transformers' own top-2 margin exceeds 1e-3 at all 20 steps of every variant (checked),
     # so every token must match.

@@ -5,31 +5,22 @@ from __future__ import annotations
 import pytest
 
 from engine import SamplingParams
-from tests.model.hf_oracle import compare_until_tie, hf_greedy
-from tests.model.prompts import CHAT, PLAIN, long_text
+from tests.conftest import HF_GREEDY_TOKENS as NUM_NEW_TOKENS
+from tests.model.hf_oracle import compare_until_tie
 
-NUM_NEW_TOKENS = 48
 TIE_MARGIN = 1e-3
 
 
-def _prompt_ids(smollm2) -> list[list[int]]:
-    chat = [smollm2.apply_chat_template(m, tokenize=True) for m in CHAT]
-    plain = [smollm2.tokenizer.encode(p) for p in PLAIN + [long_text()]]
-    return chat + plain
-
-
 @pytest.mark.slow
-def test_greedy_tokens_match_transformers(smollm2, hf_smollm2):
-    hf_model, _ = hf_smollm2
-    prompts = _prompt_ids(smollm2)
+def test_greedy_tokens_match_transformers(smollm2, hf_greedy_runs):
+    prompts = [prompt for prompt, *_ in hf_greedy_runs]
     assert max(len(p) for p in prompts) > 1000, "the long prompt must span several chunks"
     assert max(len(p) for p in prompts) > smollm2.core.scheduler.max_num_batched_tokens
     params = SamplingParams(max_tokens=NUM_NEW_TOKENS, temperature=0.0, ignore_eos=True)
     outputs = smollm2.generate(prompts, params)  # all in one continuous batch
     num_compared = 0
     smallest_margin = float("inf")
-    for prompt, out in zip(prompts, outputs):
-        hf_ids, margins = hf_greedy(hf_model, prompt, NUM_NEW_TOKENS)
+    for (prompt, hf_ids, margins, _), out in zip(hf_greedy_runs, outputs):
         n = compare_until_tie(out.token_ids, hf_ids, margins, TIE_MARGIN)
         assert out.token_ids[:n] == hf_ids[:n], f"diverged from transformers on prompt of {len(prompt)} tokens"
         num_compared += n
@@ -41,7 +32,7 @@ def test_greedy_tokens_match_transformers(smollm2, hf_smollm2):
 
 
 @pytest.mark.slow
-def test_hf_directory_gives_same_tokens(smollm2, hf_smollm2, tmp_path_factory):
+def test_hf_directory_gives_same_tokens(smollm2, hf_smollm2, smollm2_prompts, tmp_path_factory):
     """The same weights written as a HF directory (safetensors, float32) load to the same tokens."""
     import torch
     from safetensors.torch import save_file
@@ -58,7 +49,7 @@ def test_hf_directory_gives_same_tokens(smollm2, hf_smollm2, tmp_path_factory):
     hf_tokenizer.save_pretrained(directory)
     engine = InferenceEngine.from_pretrained(str(directory), dtype="float32")
     assert engine.description.startswith(directory.name)
-    prompts = _prompt_ids(smollm2)[:4]
+    prompts = smollm2_prompts[:4]
     params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
     from_gguf = smollm2.generate(prompts, params)
     from_dir = engine.generate(prompts, params)
