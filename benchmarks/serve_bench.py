@@ -30,6 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from engine import InferenceEngine, SamplingParams
+from shared.config import WEIGHT_FORMATS
 from tests.e2e.stack import free_port
 
 
@@ -62,7 +63,8 @@ async def run_load(one_request, prompts: list[list[int]], concurrency: int, cpu_
 
 def in_process(args, make_prompts) -> dict:
     start = time.perf_counter()
-    engine = InferenceEngine.from_pretrained(args.model, dtype=args.dtype, enable_prefix_caching=False)
+    engine = InferenceEngine.from_pretrained(args.model, dtype=args.dtype, enable_prefix_caching=False,
+                                             quantized_weights=args.quantized_weights)
     cold_start = time.perf_counter() - start
     params = SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True)
     me = psutil.Process()
@@ -80,7 +82,8 @@ def in_process(args, make_prompts) -> dict:
 def over_http(args, make_prompts) -> dict:
     port = free_port()
     command = [sys.executable, "-m", "frontend.cli", "serve", "--port", str(port), "--dtype", args.dtype,
-               "--no-prefix-caching", *(["--model", args.model] if args.model else [])]
+               "--no-prefix-caching", "--quantized-weights", args.quantized_weights,
+               *(["--model", args.model] if args.model else [])]
     start = time.perf_counter()
     server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -127,6 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quantized-weights", default="auto", choices=WEIGHT_FORMATS)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--target", choices=["both", "inprocess", "http"], default="both")
@@ -139,7 +143,7 @@ def main() -> None:
     targets = {"in-process engine": in_process, "forge serve (HTTP, 1 worker)": over_http}
     if args.target != "both":
         targets = dict([list(targets.items())[0 if args.target == "inprocess" else 1]])
-    print(f"# I={args.prompt_len} O={args.output_len}, dtype {args.dtype}, prefix caching off, streaming; "
+    print(f"# I={args.prompt_len} O={args.output_len}, dtype {args.dtype}, quantized weights {args.quantized_weights}, prefix caching off, streaming; "
           f"torch {torch.get_num_threads()} threads")
     print("| target | output tok/s, C=16 | median TTFT, C=16 | ms per output token, C=1 | "
           "CPU-s per 1k output tokens, C=16 | idle CPU | cold start |")
