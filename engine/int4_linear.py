@@ -18,15 +18,15 @@ from engine.loaders.int4_groups import GROUP_SIZE, Int4Groups
 
 MAX_INT4_TOKENS = 16  # "mixed": steps with more rows than this use the float copy
 AUTO_MIXED_MAX_BYTES = 2 << 30  # "auto" keeps a float copy only while it is this small
-_PACK_ROWS = 16  # torch's CPU packing works on blocks of 16 output rows
+PACK_ROWS = 16  # torch's CPU packing works on blocks of 16 output rows
 
 
 class Int4Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, keep_float: bool) -> None:
         super().__init__()
-        if in_features % GROUP_SIZE or out_features % _PACK_ROWS:
+        if in_features % GROUP_SIZE or out_features % PACK_ROWS:
             raise ValueError(f"an int4 weight needs inputs in groups of {GROUP_SIZE} and outputs in "
-                             f"blocks of {_PACK_ROWS}, got [{out_features}, {in_features}]")
+                             f"blocks of {PACK_ROWS}, got [{out_features}, {in_features}]")
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8))  # [N, K/2]
         self.register_buffer("scales_and_zeros", torch.empty(in_features // GROUP_SIZE, out_features, 2))  # [K/32, N, 2]

@@ -14,7 +14,7 @@ from torch import nn
 
 from engine import rope
 from engine.forward_batch import ForwardBatch
-from engine.int4_linear import Int4Linear
+from engine.int4_linear import PACK_ROWS, Int4Linear
 from engine.loaders.int4_groups import Int4Groups
 from engine.model_config import ModelConfig
 
@@ -133,11 +133,11 @@ class Llama(nn.Module):
 
     def int4_candidates(self, int4_weights: frozenset[str]) -> dict[str, nn.Linear]:
         """The linear layers whose checkpoint parts all arrive as Int4Groups (`int4_weights`: HF
-        names) and whose shape torch's int4 packing takes (16-row blocks)."""
+        names) and whose shape torch's int4 packing takes (blocks of PACK_ROWS output rows)."""
         fused = self._fused_parts()
         found = {}
         for name, module in self.named_modules():
-            if not isinstance(module, nn.Linear) or module.out_features % 16:
+            if not isinstance(module, nn.Linear) or module.out_features % PACK_ROWS:
                 continue
             whole = f"{'' if name == 'lm_head' else 'model.'}{name}.weight"
             parts = [whole.replace(f".{fused_name}.", f".{part}.")
