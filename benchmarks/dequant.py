@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine.loaders import gguf_dequant
-from tests.model.test_gguf_reader import _finite_scales
+from tests.model.gguf_blocks import finite_scales
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 TOTAL_BYTES = 100 * 2**20
@@ -46,7 +46,7 @@ def main() -> None:
         values, size = gguf.GGML_QUANT_SIZES[qtype]
         num_blocks = TOTAL_BYTES // len(TYPES) // size
         blocks = np.random.default_rng(0).integers(0, 256, size=(num_blocks, size), dtype=np.uint8)
-        blocks = _finite_scales(blocks, qtype) if name in ("Q5_0", "Q5_1") or name.endswith("_K") else blocks
+        blocks = finite_scales(blocks, qtype) if name in ("Q5_0", "Q5_1") or name.endswith("_K") else blocks
         if name in ("Q4_0", "Q4_1", "Q8_0"):
             blocks = gguf.quants.quantize(np.random.default_rng(1).standard_normal(
                 (num_blocks, values)).astype(np.float32), qtype).reshape(num_blocks, size)

@@ -9,6 +9,7 @@ import torch
 
 from engine.loaders import gguf_dequant
 from engine.loaders.gguf_reader import GGUFFile
+from tests.model.gguf_blocks import finite_scales
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +63,10 @@ def test_k_quants_and_q5_dequantize_bit_identically(qtype):
     values_per_block, bytes_per_block = gguf.GGML_QUANT_SIZES[qtype]
     rng = np.random.default_rng(int(qtype))
     blocks = rng.integers(0, 256, size=(512, bytes_per_block), dtype=np.uint8)
-    blocks = _finite_scales(blocks, qtype)
+    blocks = finite_scales(blocks, qtype)
     expected = torch.from_numpy(gguf.quants.dequantize(blocks, qtype).copy()).reshape(512, values_per_block)
     got = gguf_dequant.dequantize(blocks, qtype, (512, values_per_block))
     assert torch.equal(got, expected)
-
-
-_SCALE_OFFSETS = {"Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
-                  "Q5_0": [0], "Q5_1": [0, 2]}
-
-
-def _finite_scales(blocks: np.ndarray, qtype) -> np.ndarray:
-    blocks = blocks.copy()
-    for offset in _SCALE_OFFSETS[qtype.name]:
-        scales = np.random.default_rng(offset).uniform(-0.05, 0.05, blocks.shape[0]).astype(np.float16)
-        blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
-    return blocks
 
 
 @pytest.mark.parametrize("qtype", gguf_dequant.INT4_TYPES, ids=lambda t: t.name)
@@ -88,7 +77,7 @@ def test_int4_groups_hold_the_same_values_row_by_row(qtype):
     rows, cols = 48, 2 * values_per_block
     rng = np.random.default_rng(int(qtype))
     if qtype == gguf.GGMLQuantizationType.Q4_K:
-        blocks = _finite_scales(rng.integers(0, 256, size=(rows * 2, bytes_per_block), dtype=np.uint8), qtype)
+        blocks = finite_scales(rng.integers(0, 256, size=(rows * 2, bytes_per_block), dtype=np.uint8), qtype)
     else:
         blocks = gguf.quants.quantize(rng.standard_normal((rows, cols)).astype(np.float32), qtype)
     groups = gguf_dequant.int4_groups(blocks, qtype, (rows, cols))
