@@ -72,11 +72,26 @@ def resolve_weight_format(choice: str, device: torch.device, dtype: torch.dtype,
     """"float", "int4" or "mixed" for `choice` (shared.config.WEIGHT_FORMATS); float_bytes is what
     a float copy of the 4-bit layers would take. An explicit choice that cannot be honoured is a
     ValueError."""
-    usable = device.type == "cpu" and dtype == torch.bfloat16 and has_int4
+    reason = _int4_unusable(device, dtype, has_int4)
     if choice == "auto":
-        return "float" if not usable else "mixed" if float_bytes <= AUTO_MIXED_MAX_BYTES else "int4"
-    if choice != "float" and not usable:
-        why = ("the checkpoint has no 4-bit matrices (GGUF Q4_0, Q4_1 or Q4_K)" if not has_int4 else
-               f"it runs on the CPU in bfloat16 only (here: {dtype} on {device})")
-        raise ValueError(f"quantized_weights={choice!r}: {why}")
+        return "float" if reason else "mixed" if float_bytes <= AUTO_MIXED_MAX_BYTES else "int4"
+    if choice != "float" and reason:
+        raise ValueError(f"quantized_weights={choice!r}: {reason}")
     return choice
+
+
+def _int4_unusable(device: torch.device, dtype: torch.dtype, has_int4: bool) -> str | None:
+    """Why 4-bit layers cannot be kept here, or None."""
+    if not has_int4:
+        return "the checkpoint has no 4-bit matrices (GGUF Q4_0, Q4_1 or Q4_K)"
+    if device.type != "cpu" or dtype != torch.bfloat16:
+        return f"it runs on the CPU in bfloat16 only (here: {dtype} on {device})"
+    if not int4_kernel_available():
+        return f"this torch build ({torch.__version__}) has no CPU int4 kernel"
+    return None
+
+
+def int4_kernel_available() -> bool:
+    """torch's CPU int4 ops are private (underscored): present in the pinned torch, checked anyway."""
+    return all(hasattr(torch.ops.aten, op) for op in ("_weight_int4pack_mm_for_cpu",
+                                                       "_convert_weight_to_int4pack_for_cpu"))

@@ -101,6 +101,15 @@ def test_an_explicit_int4_request_that_cannot_be_honoured_is_a_clear_error(devic
         resolve_weight_format("int4", device, dtype, has_int4, SMALL)
 
 
+def test_without_torch_s_int4_kernel_auto_dequantizes_and_int4_is_refused(monkeypatch):
+    from engine import int4_linear
+
+    monkeypatch.setattr(int4_linear, "int4_kernel_available", lambda: False)
+    assert resolve_weight_format("auto", CPU, torch.bfloat16, True, SMALL) == "float"
+    with pytest.raises(ValueError, match="has no CPU int4 kernel"):
+        resolve_weight_format("mixed", CPU, torch.bfloat16, True, SMALL)
+
+
 def _weight_bytes(engine: InferenceEngine) -> int:
     model = engine.core.runner.model
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]
