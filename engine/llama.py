@@ -134,15 +134,12 @@ class Llama(nn.Module):
     def int4_candidates(self, int4_weights: frozenset[str]) -> dict[str, nn.Linear]:
         """The linear layers whose checkpoint parts all arrive as Int4Groups (`int4_weights`: HF
         names) and whose shape torch's int4 packing takes (blocks of PACK_ROWS output rows)."""
-        fused = self._fused_parts()
         found = {}
         for name, module in self.named_modules():
             if not isinstance(module, nn.Linear) or module.out_features % PACK_ROWS:
                 continue
             whole = f"{'' if name == 'lm_head' else 'model.'}{name}.weight"
-            parts = [whole.replace(f".{fused_name}.", f".{part}.")
-                     for part, (fused_name, _, _) in fused.items() if f".{fused_name}." in whole]
-            if whole in int4_weights or (parts and all(p in int4_weights for p in parts)):
+            if whole in int4_weights or all(p in int4_weights for p in self._parts_of(whole)):
                 found[name] = module
         return found
 
@@ -204,6 +201,12 @@ class Llama(nn.Module):
         return {"q_proj": ("qkv_proj", 0, q), "k_proj": ("qkv_proj", q, kv), "v_proj": ("qkv_proj", q + kv, kv),
                 "gate_proj": ("gate_up_proj", 0, inter), "up_proj": ("gate_up_proj", inter, inter)}
 
+    def _parts_of(self, name: str) -> list[str]:
+        """The checkpoint tensors a fused parameter is stacked from (q/k/v, gate/up), or [name]."""
+        parts = [name.replace(f".{whole}.", f".{part}.")
+                 for part, (whole, _, _) in self._fused_parts().items() if f".{whole}." in name]
+        return parts or [name]
+
     def _locate(self, hf_name: str, fused: dict[str, tuple[str, int, int]]
                 ) -> tuple[str | None, tuple[int, int] | None]:
         """Where a HF tensor goes: (parameter name, (first row, num rows) inside it or None)."""
@@ -222,12 +225,6 @@ class Llama(nn.Module):
         for name in params:
             if name in filled:  # loaded whole (Phi-3 checkpoints store qkv_proj / gate_up_proj fused)
                 continue
-            if "qkv_proj" in name:
-                parts = [name.replace("qkv_proj", p) for p in ("q_proj", "k_proj", "v_proj")]
-            elif "gate_up_proj" in name:
-                parts = [name.replace("gate_up_proj", p) for p in ("gate_proj", "up_proj")]
-            else:
-                parts = [name]
-            missing += [p for p in parts if p not in filled]
+            missing += [p for p in self._parts_of(name) if p not in filled]
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
