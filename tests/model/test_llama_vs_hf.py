@@ -69,11 +69,12 @@ def test_tiny_gguf_of_each_family_matches_transformers(variant, prompt_len, tmp_
     _assert_matches_transformers(engine, hf_model, prompt_len)
 
 
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q4_0"])  # with mins, and symmetric
 @pytest.mark.parametrize("variant", sorted(GGUF_VARIANTS))
-def test_tiny_q4_gguf_of_each_family_keeps_every_layer_4_bit_in_place(variant, tmp_path):
-    """Q4_1 matrices (llama: permuted q/k rows; untied: a 4-bit head; qwen2: biases; phi3: fused
+def test_tiny_q4_gguf_of_each_family_keeps_every_layer_4_bit_in_place(variant, qtype, tmp_path):
+    """4-bit matrices (llama: permuted q/k rows; untied: a 4-bit head; qwen2: biases; phi3: fused
     qkv and gate/up tensors) kept 4-bit: each layer, applied to the identity, gives transformers'
-    weight within Q4_1's rounding, row for row; and the first greedy tokens agree with the same
+    weight within 4-bit rounding, row for row; and the first greedy tokens agree with the same
     file dequantized."""
     import gguf
 
@@ -81,7 +82,7 @@ def test_tiny_q4_gguf_of_each_family_keeps_every_layer_4_bit_in_place(variant, t
     from tests.model.gguf_writer import write_gguf
 
     hf_model = _save_tiny_model(tmp_path, *VARIANTS[variant])
-    write_gguf(hf_model, tmp_path / "model.gguf", GGUF_VARIANTS[variant], gguf.GGMLQuantizationType.Q4_1)
+    write_gguf(hf_model, tmp_path / "model.gguf", GGUF_VARIANTS[variant], gguf.GGMLQuantizationType[qtype])
     engines = {fmt: InferenceEngine.from_pretrained(str(tmp_path / "model.gguf"), dtype="bfloat16",
                                                     quantized_weights=fmt) for fmt in ("float", "int4")}
     kept = {name: m for name, m in engines["int4"].core.runner.model.named_modules() if isinstance(m, Int4Linear)}
@@ -95,7 +96,8 @@ def test_tiny_q4_gguf_of_each_family_keeps_every_layer_4_bit_in_place(variant, t
             got = torch.cat([layer(rows) for rows in identity.split(16)]).float().t()  # [N, K] plus bias
         if layer.bias is not None:
             got -= _hf_tensor(hf_weights, name, "bias")[:, None]
-        # Q4_1 rounds each value by up to 1/30 of its block's range; a misplaced row is off by far more
+        # 4-bit rounding moves a value by up to 1/16 of its block's largest magnitude (Q4_0) or
+        # 1/30 of its range (Q4_1); a misplaced row is off by far more
         assert (got - expected).abs().max() <= 0.1 * expected.abs().max(), name
     prompt = torch.randint(0, 256, (24,), generator=torch.Generator().manual_seed(3)).tolist()
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
