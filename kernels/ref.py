@@ -39,7 +39,7 @@ class AttentionPlan:
     num_tokens: int
     decode_token_idx: torch.Tensor | None  # [R] flat rows of single-token sequences; None if none
     decode_tables: torch.Tensor | None  # [R, max_blocks] their block tables
-    decode_hidden: torch.Tensor | None  # [R, L] True past each sequence's length
+    decode_hidden: torch.Tensor | None  # [R, L] True where a row may not look; None: every row sees all L keys
     decode_max_len: int
     prefills: list[tuple[torch.Tensor, int, int, int]]  # (block table row, first flat row, q_len, seq_len)
     sliding_window: int | None
@@ -60,11 +60,13 @@ def plan_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, query_sta
     if not rows:
         return AttentionPlan(starts[-1], None, None, None, 0, prefills, sliding_window)
     max_len = max(lens[i] for i in rows)
-    ctx_lens = torch.tensor([lens[i] for i in rows], device=device)
-    key_pos = torch.arange(max_len, device=device)[None, :]
-    hidden = key_pos >= ctx_lens[:, None]  # [R, L]
-    if sliding_window is not None:
-        hidden |= key_pos < ctx_lens[:, None] - sliding_window
+    hidden = None
+    if any(lens[i] != max_len for i in rows) or (sliding_window is not None and max_len > sliding_window):
+        ctx_lens = torch.tensor([lens[i] for i in rows], device=device)
+        key_pos = torch.arange(max_len, device=device)[None, :]
+        hidden = key_pos >= ctx_lens[:, None]  # [R, L]
+        if sliding_window is not None:
+            hidden |= key_pos < ctx_lens[:, None] - sliding_window
     return AttentionPlan(starts[-1], torch.tensor([starts[i] for i in rows], device=device),
                          block_tables[torch.tensor(rows, device=device)], hidden, max_len, prefills,
                          sliding_window)
@@ -92,11 +94,17 @@ def _gather_kv(cache: torch.Tensor, block_table: torch.Tensor, max_len: int) -> 
 
     index_select plus one contiguous head-major copy: the batched matmuls that follow run several
     times faster on CPU with contiguous operands than on strided views (measured in bfloat16)."""
+    return _gathered_view(cache, block_table, max_len).contiguous()
+
+
+def _gathered_view(cache: torch.Tensor, block_table: torch.Tensor, max_len: int) -> torch.Tensor:
+    """The same [num_seqs, num_kv_heads, max_len, head_dim] as a head-major view of one
+    index_select (no second copy)."""
     num_seqs, block_size = block_table.shape[0], cache.shape[1]
     num_blocks = (max_len + block_size - 1) // block_size
     flat = block_table[:, :num_blocks].reshape(-1).long()
     gathered = cache.index_select(0, flat).view(num_seqs, num_blocks * block_size, *cache.shape[2:])
-    return gathered[:, :max_len].transpose(1, 2).contiguous()  # [S, Hkv, L, D]
+    return gathered[:, :max_len].transpose(1, 2)
 
 
 def _decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: AttentionPlan,
@@ -105,12 +113,20 @@ def _decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, p
     On CPU this beats SDPA's masked GQA path by ~10x in bfloat16 at equal accuracy."""
     num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
     num_rows = plan.decode_token_idx.shape[0]
-    k = _gather_kv(k_cache, plan.decode_tables, plan.decode_max_len)  # [R, Hkv, L, D]
-    v = _gather_kv(v_cache, plan.decode_tables, plan.decode_max_len)
     q = query[plan.decode_token_idx].view(num_rows, num_kv_heads, -1, head_dim)  # [R, Hkv, G, D]
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [R, Hkv, G, L]
-    probs = scores.masked_fill(plan.decode_hidden[:, None, None, :], float("-inf")).softmax(dim=-1)
-    o = torch.matmul(probs.to(v.dtype), v)  # [R, Hkv, G, D]
+    if num_rows == 1 and plan.decode_hidden is None:
+        # Batch-1 decode, nothing masked: SDPA reads the gathered blocks as a strided view; about
+        # 2x faster on CPU than the copy + matmul pair below (41.6 vs 87.4 us at 200 keys, bf16).
+        k = _gathered_view(k_cache, plan.decode_tables, plan.decode_max_len)  # [1, Hkv, L, D]
+        v = _gathered_view(v_cache, plan.decode_tables, plan.decode_max_len)
+        o = F.scaled_dot_product_attention(q, k, v, scale=scale)  # [1, Hkv, G, D]
+    else:
+        k = _gather_kv(k_cache, plan.decode_tables, plan.decode_max_len)  # [R, Hkv, L, D]
+        v = _gather_kv(v_cache, plan.decode_tables, plan.decode_max_len)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale  # [R, Hkv, G, L]
+        if plan.decode_hidden is not None:
+            scores = scores.masked_fill(plan.decode_hidden[:, None, None, :], float("-inf"))
+        o = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)  # [R, Hkv, G, D]
     out[plan.decode_token_idx] = o.reshape(num_rows, -1, head_dim)
 
 

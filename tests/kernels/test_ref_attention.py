@@ -15,6 +15,8 @@ TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=3e-2
 
 CASES = {  # (seq_lens, q_lens)
     "decode-one": ([1], [1]),
+    "decode-one-long": ([300], [1]),  # batch-1 decode: the unmasked SDPA path
+    "decode-equal-lengths": ([40, 40], [1, 1]),  # several rows, nothing to mask
     "decode-block-edges": ([15, 16, 17], [1, 1, 1]),
     "decode-ragged": ([300, 1, 64], [1, 1, 1]),
     "prefill-fresh": ([33], [33]),
@@ -37,8 +39,9 @@ def test_paged_attention_matches_dense(case, dtype, block_size):
     torch.testing.assert_close(got.double(), expected, **TOL[dtype])
 
 
-@pytest.mark.parametrize("case", ["decode-ragged", "prefill-fresh", "prefill-chunk-after-cache", "mixed"])
-@pytest.mark.parametrize("window", [1, 5, 16, 40])
+@pytest.mark.parametrize("case", ["decode-one-long", "decode-equal-lengths", "decode-ragged", "prefill-fresh",
+                                  "prefill-chunk-after-cache", "mixed"])
+@pytest.mark.parametrize("window", [1, 5, 16, 40, 400])  # 400: wider than every context
 def test_sliding_window_attention_matches_dense(case, window):
     seq_lens, q_lens = CASES[case]
     query, k_cache, v_cache, tables, lens, starts, dense_k, dense_v = make_paged_inputs(
