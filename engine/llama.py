@@ -44,11 +44,12 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
                 plan: object, kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        num_tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = rope.apply_rotary(q.view(num_tokens, self.num_heads, self.head_dim), cos, sin)  # [T, Hq, D]
-        k = rope.apply_rotary(k.view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)  # [T, Hkv, D]
-        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        num_tokens, qk_size = x.shape[0], self.q_size + self.kv_size
+        qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) * D]
+        # q and k sit side by side in qkv: one rotary pass over both (half the small ops of two)
+        qk = rope.apply_rotary(qkv[:, :qk_size].view(num_tokens, -1, self.head_dim), cos, sin)  # [T, Hq + Hkv, D]
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [T, Hq, D], [T, Hkv, D]
+        v = qkv[:, qk_size:].view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
         k_cache, v_cache = kv_cache
         self.ops.store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
         out = self.ops.paged_attention(q, k_cache, v_cache, plan, self.scale)  # [T, Hq, D]
