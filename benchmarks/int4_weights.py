@@ -29,13 +29,6 @@ from engine import InferenceEngine, SamplingParams, compute_thread
 FORMATS = ("float", "int4", "mixed")
 
 
-def weight_mib(engine: InferenceEngine) -> float:
-    model = engine.core.runner.model
-    rope = {id(t) for t in model.buffers() if t is model.rope_cos or t is model.rope_sin}
-    tensors = [t for t in [*model.parameters(), *model.buffers()] if id(t) not in rope]
-    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
-
-
 def decode_ms_per_token(engine: InferenceEngine, prompt: list[int], output_len: int, repeats: int) -> float:
     """(time for output_len tokens - time for 1 token) / (output_len - 1): decode steps only."""
     def timed(max_tokens: int) -> float:
@@ -62,7 +55,7 @@ def measure(fmt: str, prompts: list[list[int]], output_len: int, repeats: int) -
     engine = InferenceEngine.from_pretrained(None, dtype="bfloat16", quantized_weights=fmt,
                                              max_num_seqs=len(prompts))
     engine.generate(prompts[0][:8], SamplingParams(max_tokens=2, temperature=0.0))  # warm-up
-    result = {"weights_mib": weight_mib(engine),
+    result = {"weights_mib": engine.core.runner.model.weight_bytes() / 2**20,
               "decode_ms": decode_ms_per_token(engine, prompts[0], output_len, repeats),
               "tok_s": throughput(engine, prompts, output_len)}
     del engine

@@ -132,6 +132,11 @@ class Llama(nn.Module):
             return nn.functional.linear(hidden, self.embed_tokens.weight).float()
         return self.lm_head(hidden).float()
 
+    def weight_bytes(self) -> int:
+        """Bytes the weights take: parameters and 4-bit buffers, not the derived rope tables."""
+        tensors = [*self.parameters(), *(b for name, b in self.named_buffers() if not name.startswith("rope_"))]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def int4_candidates(self, int4_weights: frozenset[str]) -> dict[str, nn.Linear]:
         """The linear layers whose checkpoint parts all arrive as Int4Groups (`int4_weights`: HF
         names) and whose shape torch's int4 packing takes (blocks of PACK_ROWS output rows)."""

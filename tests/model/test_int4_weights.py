@@ -110,12 +110,6 @@ def test_without_torch_s_int4_kernel_auto_dequantizes_and_int4_is_refused(monkey
         resolve_weight_format("mixed", CPU, torch.bfloat16, True, SMALL)
 
 
-def _weight_bytes(engine: InferenceEngine) -> int:
-    model = engine.core.runner.model
-    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]
-               if t is not model.rope_cos and t is not model.rope_sin)
-
-
 @pytest.fixture(scope="module")
 def bf16_engines(gguf_path):
     return {fmt: InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16", quantized_weights=fmt)
@@ -130,7 +124,7 @@ def test_int4_keeps_every_q4_1_layer_at_5_bits_a_weight(bf16_engines):
         assert layer.weight is None
         bits = 8 * (layer.packed.numel() + 2 * layer.scales_and_zeros.numel()) / (layer.in_features * layer.out_features)
         assert bits == 5.0  # 4-bit code + a bfloat16 scale and zero per 32 weights
-    float_bytes, int4_bytes = _weight_bytes(bf16_engines["float"]), _weight_bytes(bf16_engines["int4"])
+    float_bytes, int4_bytes = (bf16_engines[fmt].core.runner.model.weight_bytes() for fmt in ("float", "int4"))
     print(f"weights: float {float_bytes / 2**20:.0f} MiB, int4 {int4_bytes / 2**20:.0f} MiB")
     assert int4_bytes < 0.5 * float_bytes
     assert bf16_engines["int4"].description.endswith(", int4 weights")
