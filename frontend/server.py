@@ -17,7 +17,9 @@ from shared.messages import FinishReason, GenerateRequest, TokenizeRequest
 CLIENT = web.AppKey("client", EngineClient)
 METRICS = web.AppKey("metrics", Metrics)
 CONFIG = web.AppKey("config", FrontendConfig)
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive"}
+# No Connection header: aiohttp writes the one it will act on (close when the request asked for it).
+# A fixed "keep-alive" made pooling clients reuse connections the server was closing (resets).
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 logger = logging.getLogger("forge.frontend")
 
 
