@@ -17,6 +17,7 @@ import zmq
 
 from engine import compute_thread
 from engine.engine_core import EngineCore, RequestDelta
+from engine.step_heartbeat import StepHeartbeat
 from shared import ipc
 from shared.messages import (
     AbortRequest,
@@ -48,6 +49,8 @@ class EngineLoop:
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
         self.stopping = False
+        self.last_stats: EngineStats | None = None
+        self.last_stats_s = 0.0
         self.dispatch = {EngineRequest: self._add, AbortRequest: self._abort, Shutdown: self._shutdown}
 
     def run(self) -> None:
@@ -64,24 +67,33 @@ class EngineLoop:
         poller = zmq.Poller()
         poller.register(self.pull.socket, zmq.POLLIN)
         poller.register(self.router.socket, zmq.POLLIN)
-        last_stats_s, last_stats = 0.0, None
+        heartbeat = StepHeartbeat(STATS_INTERVAL_S, self._beat_during_step)
+        heartbeat.start()
         try:
             while not self.stopping:
                 stats = self._stats()
-                since = time.monotonic() - last_stats_s
-                changed = _load(stats) != _load(last_stats)
+                since = time.monotonic() - self.last_stats_s
+                changed = _load(stats) != _load(self.last_stats)
                 if since >= STATS_INTERVAL_S or (changed and since >= STATS_MIN_GAP_S):
                     self._broadcast(stats)
-                    last_stats_s, last_stats, changed = time.monotonic(), stats, False
+                    changed = False
                 idle_wait_s = STATS_MIN_GAP_S if changed else STATS_INTERVAL_S
                 poller.poll(0 if self.core.has_work() else int(idle_wait_s * 1000))
                 self._drain()
                 if self.core.has_work():
-                    self._publish(self.core.step())
+                    with heartbeat.stepping():
+                        deltas = self.core.step()
+                    self._publish(deltas)
         finally:
+            heartbeat.stop()
             if authenticator is not None:
                 authenticator.stop()
             context.destroy(linger=0)
+
+    def _beat_during_step(self) -> None:
+        """Heartbeat thread, socket lock held: the last stats again once a step outlasts the interval."""
+        if self.last_stats is not None and time.monotonic() - self.last_stats_s >= STATS_INTERVAL_S:
+            self._broadcast(self.last_stats)
 
     def _drain(self) -> None:
         for inbox, handle in ((self.router, self._register), (self.pull, self._handle)):
@@ -162,6 +174,7 @@ class EngineLoop:
     def _broadcast(self, stats: EngineStats) -> None:
         for identity in list(self.clients):
             self._send(identity, stats)
+        self.last_stats, self.last_stats_s = stats, time.monotonic()
 
     def _stats(self) -> EngineStats:
         scheduler = self.core.scheduler

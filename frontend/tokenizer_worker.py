@@ -246,8 +246,12 @@ class TokenizerWorker:
                            [decode([t], skip_special_tokens=False) for t in entry.top_ids], entry.top_logprobs)
 
     def _fail_all(self, reason: str, code: int) -> None:
+        """End every active request with an error; tell the engine too, in case it is only slow, so
+        it frees their KV instead of generating for nobody."""
         rids = list(self.active)
         self.active.clear()
+        for rid in rids:
+            ipc.send(self.to_engine, AbortRequest(rid))
         n = len(rids)
         self._send_text(TextDeltas(rids, [""] * n, [FinishReason.ERROR] * n, [0] * n, [0] * n, [0] * n,
                                    [reason] * n, [code] * n, [[] for _ in rids]))
