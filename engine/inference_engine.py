@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import kernels
-from engine import compute_thread
+from engine import compute_thread, int4_crossover
 from engine.block_manager import BlockManager
 from engine.completion import Completion
 from engine.detokenizer import IncrementalDetokenizer
@@ -86,6 +86,10 @@ class InferenceEngine:
         model.reset_rope_cache(max_model_len)
         model.load_weights(checkpoint.open_weights())
         model.eval()
+        weights = f", {weight_format} weights" if weight_format != "float" else ""
+        if weight_format == "mixed":  # where 4-bit beats bfloat16 on this machine, per shape
+            rows = sorted(set(int4_crossover.calibrate(model).values()))
+            weights += f" (4-bit up to {'/'.join(map(str, rows))} rows)"
         block_size = config.block_size
         num_blocks = config.num_kv_blocks or max(
             1, int(config.kv_cache_gib * 2**30) // ModelRunner.kv_bytes_per_block(model, block_size))
@@ -102,9 +106,7 @@ class InferenceEngine:
         eos = set(model_config.eos_token_ids)
         if checkpoint.tokenizer is not None and checkpoint.tokenizer.eos_token_id is not None:
             eos.add(checkpoint.tokenizer.eos_token_id)
-        description = f"{checkpoint.description} as {dtype_name} on {device}"
-        if weight_format != "float":
-            description += f", {weight_format} weights"
+        description = f"{checkpoint.description} as {dtype_name} on {device}{weights}"
         if device.type == "cuda":
             kernels_used = ops.__name__.removeprefix("kernels.")
             description += f", {kernels_used} kernels, {'decode graphs' if runner.graphs else 'eager'}"

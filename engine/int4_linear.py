@@ -6,7 +6,8 @@ which holds Q4_0, Q4_1 and Q4_K weights without requantizing (the scale and zero
 bfloat16): 5 bits a weight instead of 16. On a 2-core machine, over the 30 layers of SmolLM2's
 shapes, it took 3.7 ms at one row against 14.7 ms for bfloat16 matmuls, 11.5 vs 13.6 ms at 16
 rows, but 22.0 vs 18.0 ms at 32 rows: so "mixed" keeps a float copy too and uses it for larger
-steps. Float32 activations take a slow path (15x), float16 too: bfloat16 only.
+steps, from a row count measured per shape at start-up (engine/int4_crossover.py). Float32
+activations take a slow path (15x), float16 too: bfloat16 only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from engine.loaders.int4_groups import GROUP_SIZE, Int4Groups
 
-MAX_INT4_TOKENS = 16  # "mixed": steps with more rows than this use the float copy
+MAX_INT4_TOKENS = 16  # "mixed": steps with more rows use the float copy, until calibrated
 AUTO_MIXED_MAX_BYTES = 2 << 30  # "auto" keeps a float copy only while it is this small
 PACK_ROWS = 16  # torch's CPU packing works on blocks of 16 output rows
 
@@ -33,6 +34,7 @@ class Int4Linear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features)) if keep_float else None  # [N, K]
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self._codes: torch.Tensor | None = None  # [N, K] uint8 while rows arrive, packed once all have
+        self.max_int4_rows = MAX_INT4_TOKENS  # with a float copy: the 4-bit path up to this many rows
         self._rows_loaded = 0
 
     @property
@@ -61,10 +63,16 @@ class Int4Linear(nn.Module):
             self._codes = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, K] bfloat16 -> [T, N]
-        if self.weight is not None and x.shape[0] > MAX_INT4_TOKENS:
-            return nn.functional.linear(x, self.weight, self.bias)
+        if self.weight is not None and x.shape[0] > self.max_int4_rows:
+            return self.float_forward(x)
+        return self.int4_forward(x)
+
+    def int4_forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, K] bfloat16 -> [T, N]
         out = torch._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, GROUP_SIZE, self.scales_and_zeros)
         return out if self.bias is None else out + self.bias
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, K] -> [T, N], the float copy
+        return nn.functional.linear(x, self.weight, self.bias)
 
 
 def resolve_weight_format(choice: str, device: torch.device, dtype: torch.dtype, has_int4: bool,

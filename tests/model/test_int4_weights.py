@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import InferenceEngine, SamplingParams
+from engine import InferenceEngine, SamplingParams, int4_crossover
 from engine.int4_linear import MAX_INT4_TOKENS, Int4Linear, resolve_weight_format
 from engine.loaders.int4_groups import Int4Groups
 
@@ -46,16 +46,45 @@ def test_a_fused_int4_layer_matches_its_dequantized_weight(symmetric, num_tokens
     assert (got.double() - expected).abs().max() <= 1e-2 * expected.abs().max()
 
 
-def test_mixed_uses_the_4_bit_codes_up_to_16_rows_and_the_float_copy_beyond():
+@pytest.mark.parametrize("max_int4_rows", [MAX_INT4_TOKENS, 3, 0])
+def test_mixed_uses_the_4_bit_codes_up_to_its_row_limit_and_the_float_copy_beyond(max_int4_rows):
     generator = torch.Generator().manual_seed(0)
     parts = [_random_groups(32, 64, generator)]
     layer = _layer(parts, keep_float=True, order=[0])
     assert torch.equal(layer.weight, parts[0].dequantize().bfloat16())
-    x = torch.randn(MAX_INT4_TOKENS + 1, 64, generator=generator).bfloat16()
+    assert layer.max_int4_rows == MAX_INT4_TOKENS  # until calibrated
+    layer.max_int4_rows = max_int4_rows
+    x = torch.randn(max_int4_rows + 1, 64, generator=generator).bfloat16()
     with torch.no_grad():
         layer.weight.zero_()  # tell the two paths apart: only the int4 codes still hold the weight
-    assert layer(x[:MAX_INT4_TOKENS]).abs().max() > 0
-    assert torch.equal(layer(x), torch.zeros(MAX_INT4_TOKENS + 1, 32, dtype=torch.bfloat16))
+    if max_int4_rows:
+        assert layer(x[:max_int4_rows]).abs().max() > 0
+    assert torch.equal(layer(x), torch.zeros(max_int4_rows + 1, 32, dtype=torch.bfloat16))
+
+
+def test_calibration_sets_each_shape_to_the_last_row_count_where_4_bit_won_throughout():
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.ModuleList([_layer([_random_groups(32, 64, generator)], True, [0]) for _ in range(2)]
+                                + [_layer([_random_groups(16, 96, generator)], True, [0]),
+                                   _layer([_random_groups(16, 64, generator)], False, [0])])  # int4 only
+    costs = {(32, 64): lambda rows, int4: 2 * rows + 1 if int4 else 10 + rows,  # 4-bit wins up to 9 rows
+             (16, 96): lambda rows, int4: 1 if int4 else 2 if rows != 4 else 0}  # loses at 4: stop there
+    seen = []
+
+    def timer(layers, rows, use_int4):
+        seen.append(len(layers))
+        return costs[(layers[0].out_features, layers[0].in_features)](rows, use_int4)
+
+    assert int4_crossover.calibrate(model, timer) == {(32, 64): 8, (16, 96): 2}
+    assert [layer.max_int4_rows for layer in model] == [8, 8, 2, MAX_INT4_TOKENS]
+    assert max(seen) == 2  # both layers of a shape are timed together
+
+
+def test_calibration_on_real_layers_picks_a_measured_row_count():
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.ModuleList([_layer([_random_groups(64, 128, generator)], True, [0])])
+    (rows,) = int4_crossover.calibrate(model).values()
+    assert rows in (0, *int4_crossover.ROW_COUNTS) and model[0].max_int4_rows == rows
 
 
 def test_rows_that_do_not_fit_are_refused():

@@ -1,0 +1,78 @@
+"""Where the 4-bit kernel beats bfloat16, measured on this machine at start-up ("mixed" weights).
+
+The int4 kernel reads a quarter of the bytes but does more arithmetic per weight, so it wins at
+few rows and loses at many; where it stops winning depends on the CPU (seen: 16 rows on an AMD
+EPYC, fewer on a Xeon with AMX, whose bfloat16 matmuls are faster). For each weight shape the
+model has, both paths are timed over that shape's layers in turn (enough of them to overflow the
+caches, as in a real step), at growing row counts; each layer then takes the 4-bit path up to the
+largest row count at which it was faster at every count so far.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from engine.int4_linear import Int4Linear
+
+ROW_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+STREAM_BYTES = 64 << 20  # time over at least this much float weight per shape: more than any L3
+REPEATS = 3  # best of: the machine is shared and noisy
+
+Timer = Callable[[Sequence[Int4Linear], int, bool], float]  # (layers, rows, use_int4) -> seconds
+
+
+def calibrate(model: nn.Module, timer: Timer | None = None) -> dict[tuple[int, int], int]:
+    """Set `max_int4_rows` on every mixed Int4Linear of `model`; returns it per (out, in) shape."""
+    timer = timer or _time_pass
+    by_shape: dict[tuple[int, int], list[Int4Linear]] = defaultdict(list)
+    for module in model.modules():
+        if isinstance(module, Int4Linear) and module.weight is not None:
+            by_shape[(module.out_features, module.in_features)].append(module)
+    crossover = {}
+    for shape, layers in by_shape.items():
+        crossover[shape] = _crossover(_streamed_subset(layers), timer)
+        for layer in layers:
+            layer.max_int4_rows = crossover[shape]
+    return crossover
+
+
+def _crossover(layers: Sequence[Int4Linear], timer: Timer) -> int:
+    """The largest row count up to which the 4-bit path was faster at every count (0: never)."""
+    best = 0
+    for rows in ROW_COUNTS:
+        if timer(layers, rows, True) > timer(layers, rows, False):
+            break
+        best = rows
+    return best
+
+
+def _streamed_subset(layers: list[Int4Linear]) -> list[Int4Linear]:
+    """The first layers whose float weights add up to STREAM_BYTES (all, if they do not)."""
+    taken, total = [], 0
+    for layer in layers:
+        taken.append(layer)
+        total += layer.weight.numel() * layer.weight.element_size()
+        if total >= STREAM_BYTES:
+            break
+    return taken
+
+
+@torch.inference_mode()
+def _time_pass(layers: Sequence[Int4Linear], rows: int, use_int4: bool) -> float:
+    """Best-of-REPEATS seconds for one pass of `rows` bfloat16 rows through every layer."""
+    x = torch.randn(rows, layers[0].in_features).to(layers[0].weight.dtype)  # [rows, in]
+    run = (lambda layer: layer.int4_forward(x)) if use_int4 else (lambda layer: layer.float_forward(x))
+    for layer in layers:  # warm-up: first calls allocate and page weights in
+        run(layer)
+    best = float("inf")
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        for layer in layers:
+            run(layer)
+        best = min(best, time.perf_counter() - start)
+    return best
