@@ -20,15 +20,15 @@ from engine.model_config import ModelConfig
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float) -> None:
+    def __init__(self, size: int, eps: float, ops: types.ModuleType) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.ops = ops
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [num_tokens, hidden]
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [num_tokens, hidden] (+ residual) -> (normed, the sum that is the next residual)."""
+        return self.ops.rms_norm(x, self.weight, self.eps, residual)
 
 
 class Attention(nn.Module):
@@ -71,15 +71,19 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, ops: types.ModuleType) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.self_attn = Attention(config, ops)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
-                plan: object, kv_cache: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, plan, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+                batch: ForwardBatch, plan: object, kv_cache: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual stream is x + residual (the first layer: x alone): each residual add is
+        fused into the norm that follows it. Returns the MLP output and the residual before it."""
+        h, residual = self.input_layernorm(x, residual)  # [T, hidden] each
+        h, residual = self.post_attention_layernorm(self.self_attn(h, cos, sin, batch, plan, kv_cache), residual)
+        return self.mlp(h), residual
 
 
 class Llama(nn.Module):
@@ -89,7 +93,7 @@ class Llama(nn.Module):
         self.ops = ops
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, ops) for _ in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
         self.reset_rope_cache(max_model_len)
@@ -122,9 +126,11 @@ class Llama(nn.Module):
         `ops.plan_attention(...)`, built by the caller (once per CUDA graph, or once per step)."""
         x = self.embed_tokens(batch.input_ids)  # [T, hidden]
         cos, sin = self._rope(batch, x.dtype)  # [T, head_dim] each
+        residual = None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            x = layer(x, cos, sin, batch, plan, kv_cache)
-        return self.norm(x[batch.logits_indices])
+            x, residual = layer(x, residual, cos, sin, batch, plan, kv_cache)
+        rows = batch.logits_indices
+        return self.norm(x[rows], residual[rows] if residual is not None else None)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[num_sampled, hidden] -> [num_sampled, vocab] float32."""

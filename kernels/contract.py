@@ -18,8 +18,8 @@ Attention is planned once per step (`plan_attention(block_tables, seq_lens, quer
 sliding_window, max_seq_len)`, whose result is opaque to callers) and run per layer
 (`paged_attention(query, k_cache, v_cache, plan, scale)`). `max_seq_len`, when given, bounds
 seq_lens for a plan that is replayed with new lengths written into the same tensors (CUDA
-graphs); the reference plan is never replayed and reads the lengths themselves. Both
-implementations (kernels/ref.py and kernels/cuda.py) call these checks first.
+graphs); the reference plan is never replayed and reads the lengths themselves. Every
+implementation (kernels/ref.py, kernels/cuda.py, kernels/cpu.py) calls these checks first.
 """
 
 from __future__ import annotations
@@ -72,6 +72,29 @@ def check_paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     _require(query.shape[2] == k_cache.shape[3], "query head_dim != cache head_dim")
     _require(query.shape[0] == num_planned_tokens,
              f"query has {query.shape[0]} tokens, the attention plan {num_planned_tokens}")
+
+
+def check_cpu_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor) -> None:
+    """The C decode kernel reads raw memory: rows may be strided, heads and values must be dense."""
+    _require(query.dtype == k_cache.dtype == v_cache.dtype == out.dtype, "query, caches and out must share a dtype")
+    _require(query.dtype in (torch.bfloat16, torch.float32), f"no CPU decode kernel for {query.dtype}")
+    _require(k_cache.is_contiguous() and v_cache.is_contiguous(), "k_cache/v_cache must be contiguous")
+    for name, t in (("query", query), ("out", out)):
+        _require(t.stride(2) == 1 and t.stride(1) == t.shape[2], f"{name} must be dense within a token row")
+    _require(out.shape == query.shape, "out must have the query's shape")
+
+
+def check_cpu_store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """The C KV write copies raw rows: token rows may be strided, each token's heads must be dense."""
+    _require(value.dtype == key.dtype == v_cache.dtype, "key, value and caches must share a dtype")
+    _require(k_cache.is_contiguous() and v_cache.is_contiguous(), "k_cache/v_cache must be contiguous")
+    for name, t in (("key", key), ("value", value)):
+        _require(t.stride(2) == 1 and t.stride(1) == t.shape[2], f"{name} must be dense within a token row")
+
+
+def check_rms_norm_residual(x: torch.Tensor, residual: torch.Tensor) -> None:
+    _require(residual.shape == x.shape and residual.dtype == x.dtype,
+             f"residual {tuple(residual.shape)} {residual.dtype} must match x {tuple(x.shape)} {x.dtype}")
 
 
 def check_sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,

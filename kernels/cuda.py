@@ -18,13 +18,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from kernels import contract, sources
+from kernels import contract, ref, sources
 
 GRAPH_SAFE = True  # every op is capturable; a plan built over static buffers replays with new lengths
 TILE_TOKENS = 8  # query tokens per attention tile; a decode row is a tile of one
 MIN_PARTITION = 256  # fewest keys one attention block takes on; a multiple of 32
 _COPY_THREADS = 128
 _PENALTY_THREADS = 256
+
+rms_norm = ref.rms_norm  # torch ops: capturable, and not where a GPU step spends its time
 
 Launcher = Callable[[sources.Variant, str, tuple[int, int, int], int, Sequence[np.generic]], None]
 

@@ -148,6 +148,18 @@ def _prefill_chunk(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
     out[start:start + q_len] = o[0].transpose(0, 1)
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of each row of x [num_tokens, hidden], after adding `residual` (same shape) if given.
+    Returns (normed, x + residual, or x itself). transformers' LlamaRMSNorm: normalized in float32,
+    rounded to x's dtype, then scaled by weight [hidden]."""
+    if residual is not None:
+        x = x + residual
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype), x
+
+
 def apply_penalties(logits: torch.Tensor, prompt_mask: torch.Tensor, output_counts: torch.Tensor,
                     repetition: torch.Tensor, presence: torch.Tensor, frequency: torch.Tensor) -> torch.Tensor:
     """vLLM/OpenAI penalties on [num_rows, vocab] logits; returns a new tensor.

@@ -10,7 +10,7 @@ import dataclasses
 
 _DEVICES = ("cpu", "cuda", "auto")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
-KERNEL_KINDS = ("auto", "ref", "cuda")  # kernels.load picks one
+KERNEL_KINDS = ("auto", "ref", "cuda", "cpu")  # kernels.load picks one
 WEIGHT_FORMATS = ("auto", "float", "int4", "mixed")  # 4-bit checkpoint layers: engine/int4_linear.py
 
 

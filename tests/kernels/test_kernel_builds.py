@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from kernels import cuda, ref, sources
+from kernels import cpu, cuda, ref, sources
 
 
 @pytest.mark.parametrize("architecture", sources.ARCHITECTURES)
@@ -53,8 +53,13 @@ def public_functions(module) -> dict[str, inspect.Signature]:
             if inspect.isfunction(f) and not name.startswith("_") and f.__module__ == module.__name__}
 
 
-def test_cuda_ops_have_the_reference_names_and_signatures():
+def test_cuda_and_cpu_ops_have_the_reference_names_and_signatures():
     ops = public_functions(ref)
-    assert set(ops) == {"store_kv", "plan_attention", "paged_attention", "apply_penalties", "sample"}
+    assert set(ops) == {"store_kv", "plan_attention", "paged_attention", "apply_penalties", "sample", "rms_norm"}
     mirrored = {name: sig for name, sig in public_functions(cuda).items() if name in ops}
-    assert {name: str(sig) for name, sig in mirrored.items()} == {name: str(sig) for name, sig in ops.items()}
+    assert {name: str(sig) for name, sig in mirrored.items()} == {name: str(sig) for name, sig in ops.items()
+                                                                   if name in mirrored}
+    for module in (cuda, cpu):  # their own functions, or the reference's re-exported
+        params = {name: [(p.name, p.default) for p in inspect.signature(getattr(module, name)).parameters.values()]
+                  for name in ops}
+        assert params == {name: [(p.name, p.default) for p in sig.parameters.values()] for name, sig in ops.items()}

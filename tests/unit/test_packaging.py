@@ -20,7 +20,7 @@ def test_top_level_packages_resolve_inside_the_repository():
 def test_kernel_loader_rejects_unknown_kinds():
     import pytest
 
-    assert kernels.load("auto") is kernels.load("ref")
+    assert kernels.load("auto") in (kernels.load("cpu"), kernels.load("ref"))  # cpu where a C compiler is
     with pytest.raises(ValueError, match="kernels must be one of"):
         kernels.load("triton")
 
@@ -28,7 +28,7 @@ def test_kernel_loader_rejects_unknown_kinds():
 def test_cuda_kernels_refuse_a_cpu_device_by_name():
     import pytest
 
-    assert kernels.load("auto", "cpu") is kernels.load("ref", "cpu")
+    assert kernels.load("auto", "cpu").__name__ in ("kernels.cpu", "kernels.ref")  # never cuda
     with pytest.raises(ValueError, match="kernels=cuda needs a CUDA device"):
         kernels.load("cuda", "cpu")
 

@@ -1,0 +1,120 @@
+"""The CPU implementation of kernels/ref.py's ops: same names, parameters and results.
+
+Decode rows (one query token) go to a C kernel (kernels/cpu/decode_attention.c) that reads the
+paged KV cache in place; the reference gathers each row's blocks into contiguous copies first
+and runs two batched matmuls, which at 16 rows cost more than the model's attention arithmetic.
+RMSNorm with its residual add runs as one C pass (kernels/cpu/rms_norm.c) where the reference
+runs about ten torch ops a call, twice a layer, and KV writes as one call (kernels/cpu/store_kv.c)
+instead of a mask, a host sync and two index copies. Prefill chunks and sampling are the
+reference's own code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+
+import torch
+
+from kernels import contract, cpu_build, ref
+
+GRAPH_SAFE = False
+DTYPES = (torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256  # decode_attention.c's limits
+MAX_BLOCK_SIZE = 64
+MAX_HIDDEN = 16384  # rms_norm.c keeps a row of float32 on the stack
+
+apply_penalties = ref.apply_penalties
+sample = ref.sample
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuAttentionPlan:
+    """The reference's plan for the prefill chunks, and the decode rows in the kernel's terms."""
+
+    prefill: ref.AttentionPlan  # its decode fields are None: the kernel takes those rows
+    decode_rows: torch.Tensor | None  # [R] int64 flat token rows of single-token sequences
+    decode_tables: torch.Tensor | None  # [R, max_blocks] int32, contiguous
+    decode_lens: torch.Tensor | None  # [R] int32 context length of each (its own token included)
+    sliding_window: int | None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prefill.num_tokens
+
+
+def covers(dtype: torch.dtype, head_dim: int, block_size: int) -> bool:
+    return dtype in DTYPES and head_dim <= MAX_HEAD_DIM and block_size <= MAX_BLOCK_SIZE
+
+
+def plan_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
+                   sliding_window: int | None = None, max_seq_len: int | None = None) -> CpuAttentionPlan:
+    plan = ref.plan_attention(block_tables, seq_lens, query_start_loc, sliding_window, max_seq_len)
+    prefill = dataclasses.replace(plan, decode_token_idx=None, decode_tables=None, decode_hidden=None)
+    if plan.decode_token_idx is None:
+        return CpuAttentionPlan(prefill, None, None, None, sliding_window)
+    rows = plan.decode_token_idx.long()  # [R]
+    lens = seq_lens[(query_start_loc[1:] - query_start_loc[:-1]) == 1].to(torch.int32)  # [R], batch order
+    return CpuAttentionPlan(prefill, rows.contiguous(), plan.decode_tables.to(torch.int32).contiguous(),
+                            lens.contiguous(), sliding_window)
+
+
+def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: CpuAttentionPlan,
+                    scale: float) -> torch.Tensor:
+    """Causal attention of a mixed batch over paged KV -> [num_tokens, num_q_heads, head_dim]."""
+    out = ref.paged_attention(query, k_cache, v_cache, plan.prefill, scale)  # prefill rows filled
+    if plan.decode_rows is not None:
+        _decode(query, k_cache, v_cache, plan, scale, out)
+    return out
+
+
+def _decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: CpuAttentionPlan,
+            scale: float, out: torch.Tensor) -> None:
+    contract.check_cpu_decode(query, k_cache, v_cache, out)
+    num_q_heads, head_dim = query.shape[1], query.shape[2]
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    status = cpu_build.library().decode_attention(
+        _ptr(query), ctypes.c_int64(query.stride(0)), _ptr(plan.decode_rows), _ptr(k_cache), _ptr(v_cache),
+        _ptr(plan.decode_tables), ctypes.c_int64(plan.decode_tables.stride(0)), _ptr(plan.decode_lens),
+        ctypes.c_int(plan.decode_rows.shape[0]), ctypes.c_int(num_q_heads), ctypes.c_int(num_kv_heads),
+        ctypes.c_int(head_dim), ctypes.c_int(block_size), ctypes.c_int(plan.sliding_window or 0),
+        ctypes.c_float(scale), _ptr(out), ctypes.c_int64(out.stride(0)), ctypes.c_int(query.dtype == torch.bfloat16))
+    if status != 0:
+        raise ValueError(f"decode_attention covers head_dim <= {MAX_HEAD_DIM} and block_size <= {MAX_BLOCK_SIZE}")
+
+
+def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """kernels.ref.store_kv in one call: rows to their slots, negative slots skipped."""
+    contract.check_store_kv(key, value, k_cache, v_cache, slot_mapping)
+    contract.check_cpu_store_kv(key, value, k_cache, v_cache)
+    slots = slot_mapping.to(torch.int64).contiguous()  # held here: the kernel reads its memory
+    element = key.element_size()
+    status = cpu_build.library().store_kv(
+        _ptr(key), ctypes.c_int64(key.stride(0) * element), _ptr(value), ctypes.c_int64(value.stride(0) * element),
+        _ptr(k_cache), _ptr(v_cache), _ptr(slots), ctypes.c_int(slots.shape[0]),
+        ctypes.c_int64(key.shape[1] * key.shape[2] * element), ctypes.c_int64(k_cache.shape[0] * k_cache.shape[1]))
+    if status != 0:
+        raise ValueError(f"slot_mapping holds a slot past the cache's {k_cache.shape[0] * k_cache.shape[1]} slots")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """kernels.ref.rms_norm in one pass: (normed, x + residual or x)."""
+    if x.dtype not in DTYPES or weight.dtype != x.dtype or x.dim() != 2 or x.shape[1] > MAX_HIDDEN:
+        return ref.rms_norm(x, weight, eps, residual)
+    x, weight = x.contiguous(), weight.contiguous()  # held here: the kernel reads their memory
+    normed = torch.empty_like(x)
+    summed = x if residual is None else torch.empty_like(x)
+    if residual is not None:
+        contract.check_rms_norm_residual(x, residual)
+        residual = residual.contiguous()
+    cpu_build.library().rms_norm(
+        _ptr(x), None if residual is None else _ptr(residual), _ptr(weight), _ptr(normed),
+        _ptr(summed), ctypes.c_int(x.shape[0]), ctypes.c_int(x.shape[1]), ctypes.c_float(eps),
+        ctypes.c_int(x.dtype == torch.bfloat16))
+    return normed, summed
+
+
+def _ptr(tensor: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(tensor.data_ptr())

@@ -1,0 +1,174 @@
+// Paged decode attention on the CPU: one query token per row, keys and values read in place from
+// the paged cache (kernels/contract.py layout: [num_blocks, block_size, num_kv_heads, head_dim]),
+// no gathered copies. One task per (row, kv head): its group of query heads shares every key and
+// value load. Softmax is online, block by block, with float32 accumulators. The torch reference
+// (kernels/ref.py) is the spec; tests compare the two. Built without -ffast-math: a shared library
+// built with it may switch the whole process (torch included) to flush denormals to zero.
+#include <stdint.h>
+#include <string.h>
+
+enum { MAX_HEAD_DIM = 256, MAX_BLOCK = 64 };
+
+// Element types of query, caches and output: 16-bit bfloat16 or 32-bit float.
+static void load_row(float* dst, const void* src, int n, int is_bf16) {
+    if (is_bf16) {
+        const uint16_t* h = (const uint16_t*)src;
+        for (int i = 0; i < n; i++) {
+            const uint32_t bits = (uint32_t)h[i] << 16;
+            memcpy(dst + i, &bits, 4);
+        }
+    } else {
+        memcpy(dst, src, (size_t)n * 4);
+    }
+}
+
+static void store_row(void* dst, const float* src, float factor, int n, int is_bf16) {
+    if (!is_bf16) {
+        for (int i = 0; i < n; i++) ((float*)dst)[i] = src[i] * factor;
+        return;
+    }
+    for (int i = 0; i < n; i++) {  // round to nearest even, as torch does
+        const float f = src[i] * factor;
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        bits = (bits & 0x7fffffffu) > 0x7f800000u ? (bits | 0x400000u) : bits + 0x7fffu + ((bits >> 16) & 1u);
+        ((uint16_t*)dst)[i] = (uint16_t)(bits >> 16);
+    }
+}
+
+// e^x for x <= 0 (softmax weights), vectorizable: 2^(x log2 e) split into 2^n * 2^f, f in [-0.5, 0.5],
+// 2^f by its degree-6 Taylor polynomial (relative error < 2e-7, float32's own rounding). Below -87
+// the weight is clamped to about 1e-38, which no float32 sum of weights >= 1 can tell from zero.
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float t = x * 1.44269504088896341f;
+    const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest: 1.5 * 2^23, vectorizes
+    const float f = (t - n) * 0.69314718055994531f;
+    const float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.66666667e-1f + f * (4.16666667e-2f
+                    + f * (8.33333333e-3f + f * 1.38888889e-3f)))));
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+typedef struct {
+    const char* query;
+    int64_t q_row_bytes;
+    const int64_t* q_rows;
+    const char* k_cache;
+    const char* v_cache;
+    const int32_t* block_tables;
+    int64_t table_stride;
+    const int32_t* ctx_lens;
+    int group, num_kv_heads, head_dim, block_size, window, is_bf16;
+    float scale;
+    char* out;
+    int64_t out_row_bytes;
+} Args;
+
+// Sixteen floats as one value: GCC lowers it to one 512-bit register, or two 256-bit ones.
+enum { LANES = 16 };
+typedef float Lanes __attribute__((vector_size(LANES * sizeof(float))));
+
+static inline Lanes load_lanes(const float* p) {
+    Lanes v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+// a . b over n floats (n a multiple of LANES): one register of partial sums, then its lanes.
+static inline float dot(const float* a, const float* b, int n) {
+    Lanes sum = {0};
+    for (int i = 0; i < n; i += LANES) sum += load_lanes(a + i) * load_lanes(b + i);
+    float total = 0.0f;
+    for (int j = 0; j < LANES; j++) total += sum[j];
+    return total;
+}
+
+// acc[d] += sum over t of weights[t] * v[t][d] (v rows: vb[t * MAX_HEAD_DIM + d]), LANES values of
+// acc at a time, held in a register across the block's keys; head_dim is a multiple of LANES.
+static void accumulate_values(float* acc, const float* weights, const float* vb, int head_dim, int lo, int hi) {
+    for (int d0 = 0; d0 < head_dim; d0 += LANES) {
+        Lanes sum = load_lanes(acc + d0);
+        for (int t = lo; t < hi; t++) sum += weights[t] * load_lanes(vb + t * MAX_HEAD_DIM + d0);
+        memcpy(acc + d0, &sum, sizeof(sum));
+    }
+}
+
+// Folds a block's scores into one query head's running softmax: scores become weights.
+static void softmax_step(float* scores, int lo, int hi, float* running_max, float* denom, float* acc,
+                         int head_dim, int first_block) {
+    float block_max = scores[lo];
+    for (int t = lo + 1; t < hi; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
+    if (!first_block) {
+        if (*running_max > block_max) block_max = *running_max;
+        const float rescale = exp_nonpositive(*running_max - block_max);
+        *denom *= rescale;
+#pragma omp simd
+        for (int d = 0; d < head_dim; d++) acc[d] *= rescale;
+    }
+    *running_max = block_max;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int t = lo; t < hi; t++) {
+        scores[t] = exp_nonpositive(scores[t] - block_max);
+        sum += scores[t];
+    }
+    *denom += sum;
+}
+
+static void attend(const Args* a, int row, int kv_head) {
+    const int group = a->group, head_dim = a->head_dim, block_size = a->block_size;
+    const int elem = a->is_bf16 ? 2 : 4;
+    const int64_t slot_bytes = (int64_t)a->num_kv_heads * head_dim * elem, head_bytes = (int64_t)head_dim * elem;
+    const int ctx = a->ctx_lens[row];
+    const int first = a->window > 0 && ctx > a->window ? ctx - a->window : 0;
+    float q[group * head_dim], acc[group * head_dim], scores[group * MAX_BLOCK];
+    float running_max[group], denom[group];
+    float vb[MAX_BLOCK * MAX_HEAD_DIM], row_f32[MAX_HEAD_DIM];
+    const char* q_base = a->query + a->q_rows[row] * a->q_row_bytes + (int64_t)kv_head * group * head_bytes;
+    load_row(q, q_base, group * head_dim, a->is_bf16);
+    for (int i = 0; i < group * head_dim; i++) q[i] *= a->scale;
+    memset(acc, 0, sizeof(acc));
+    memset(denom, 0, sizeof(denom));
+    const int32_t* table = a->block_tables + row * a->table_stride;
+    for (int start = first - first % block_size; start < ctx; start += block_size) {
+        const int64_t base = (int64_t)table[start / block_size] * block_size;
+        const int lo = start < first ? first - start : 0;
+        const int hi = ctx - start < block_size ? ctx - start : block_size;
+        const int first_block = start <= first;
+        for (int t = lo; t < hi; t++) {
+            load_row(row_f32, a->k_cache + (base + t) * slot_bytes + kv_head * head_bytes, head_dim, a->is_bf16);
+            for (int g = 0; g < group; g++) scores[g * MAX_BLOCK + t] = dot(q + g * head_dim, row_f32, head_dim);
+        }
+        for (int t = lo; t < hi; t++)
+            load_row(vb + t * MAX_HEAD_DIM, a->v_cache + (base + t) * slot_bytes + kv_head * head_bytes, head_dim,
+                     a->is_bf16);
+        for (int g = 0; g < group; g++) {
+            softmax_step(scores + g * MAX_BLOCK, lo, hi, running_max + g, denom + g, acc + g * head_dim, head_dim,
+                         first_block);
+            accumulate_values(acc + g * head_dim, scores + g * MAX_BLOCK, vb, head_dim, lo, hi);
+        }
+    }
+    char* out = a->out + a->q_rows[row] * a->out_row_bytes + (int64_t)kv_head * group * head_bytes;
+    for (int g = 0; g < group; g++)
+        store_row(out + g * head_bytes, acc + g * head_dim, denom[g] > 0.0f ? 1.0f / denom[g] : 0.0f, head_dim,
+                  a->is_bf16);
+}
+
+// Row strides are in elements. Returns 0, or -1 for a head_dim (a multiple of 16, at most 256) or a
+// block_size (at most 64) beyond the limits.
+int decode_attention(const void* query, int64_t q_row_stride, const int64_t* q_rows, const void* k_cache,
+                     const void* v_cache, const int32_t* block_tables, int64_t table_stride,
+                     const int32_t* ctx_lens, int num_rows, int num_q_heads, int num_kv_heads, int head_dim,
+                     int block_size, int window, float scale, void* out, int64_t out_row_stride, int is_bf16) {
+    if (head_dim > MAX_HEAD_DIM || head_dim % LANES || block_size > MAX_BLOCK) return -1;
+    const int elem = is_bf16 ? 2 : 4;
+    const Args a = {query, q_row_stride * elem, q_rows, k_cache, v_cache, block_tables, table_stride, ctx_lens,
+                    num_q_heads / num_kv_heads, num_kv_heads, head_dim, block_size, window, is_bf16, scale,
+                    out, out_row_stride * elem};
+#pragma omp parallel for schedule(dynamic)
+    for (int task = 0; task < num_rows * num_kv_heads; task++) attend(&a, task / num_kv_heads, task % num_kv_heads);
+    return 0;
+}

@@ -1,0 +1,81 @@
+"""Builds the C kernels of kernels/cpu at first use and loads them with ctypes.
+
+The machine's C compiler builds them for this very CPU (-march=native: its vector units), with
+OpenMP; the library links the libgomp torch has already loaded (same soname), so the kernels run
+on torch's thread team, not a second one that would fight it for the cores. Builds are cached by
+the hash of the sources, flags, compiler and CPU, under $FORGE_CACHE_DIR (default
+~/.cache/forge); no header of torch or Python is needed, so a build takes about a second.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror")
+
+
+class BuildError(RuntimeError):
+    """No C compiler, or the sources did not build: the reference kernels serve instead."""
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    """The built kernels (raises BuildError, with the compiler's words)."""
+    import torch  # noqa: F401  torch's libgomp must be loaded first, so ours resolves to it
+
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        raise BuildError("no C compiler (cc) on PATH")
+    sources = sorted(os.path.join(SOURCE_DIR, name) for name in os.listdir(SOURCE_DIR) if name.endswith(".c"))
+    path = os.path.join(_cache_dir(), f"forge-cpu-{_build_key(compiler, sources)}.so")
+    if not os.path.exists(path):
+        _compile(compiler, sources, path)
+    return ctypes.CDLL(path)
+
+
+def _compile(compiler: str, sources: list[str], path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    os.close(handle)
+    try:
+        result = subprocess.run([compiler, *FLAGS, "-o", partial, *sources, "-lm"], check=False, capture_output=True,
+                                text=True, timeout=300)
+        if result.returncode != 0:
+            raise BuildError(f"the CPU kernels did not build:\n{result.stderr.strip()}")
+        os.replace(partial, path)  # atomic: a concurrent builder never loads half a file
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def _build_key(compiler: str, sources: list[str]) -> str:
+    digest = hashlib.sha256()
+    for source in sources:
+        with open(source, "rb") as f:
+            digest.update(f.read())
+    version = subprocess.run([compiler, "--version"], check=True, capture_output=True, text=True, timeout=60).stdout
+    digest.update(" ".join(FLAGS).encode() + version.encode() + _cpu_identity().encode())
+    return digest.hexdigest()[:16]
+
+
+def _cpu_identity() -> str:
+    """The CPU model and feature flags: -march=native builds are for this CPU only."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f if line.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor()
+
+
+def _cache_dir() -> str:
+    root = os.environ.get("FORGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "forge")
+    return os.path.join(root, "cpu-kernels")
