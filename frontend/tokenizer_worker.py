@@ -8,6 +8,7 @@ detokenizes it, so detokenizer and stop-string state live in exactly one place.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import resource
 import time
@@ -96,6 +97,8 @@ class TokenizerWorker:
                     self.tokenizer = Tokenizer.from_json(message.tokenizer_json, message.chat_template,
                                                          message.bos_token, message.eos_token)
         self.last_engine_s = time.monotonic()
+        gc.collect()
+        gc.freeze()  # the tokenizer lives as long as we do: full collections need not scan it
         ipc.send(self.frontend.socket, WorkerReady(self.worker_id, self.engine_ready.model,
                                                    self.engine_ready.max_model_len))
 
