@@ -56,8 +56,9 @@ def _cpu_kernels(device: torch.device | str, attention: tuple[str, int, int] | N
     if torch.device(device).type != "cpu":
         why = f"kernels=cpu runs on a CPU device; got device {device!s}"
     elif attention is not None and not cpu.covers(getattr(torch, attention[0]), attention[1], attention[2]):
-        why = f"kernels=cpu covers bfloat16 and float32, head_dim <= {cpu.MAX_HEAD_DIM}, block_size <= " \
-              f"{cpu.MAX_BLOCK_SIZE}; the model is {attention[0]}, head_dim {attention[1]}, block_size {attention[2]}"
+        why = f"kernels=cpu covers bfloat16 and float32, head_dim a multiple of {cpu.HEAD_DIM_MULTIPLE} up to " \
+              f"{cpu.MAX_HEAD_DIM}, block_size <= {cpu.MAX_BLOCK_SIZE}; the model is {attention[0]}, head_dim " \
+              f"{attention[1]}, block_size {attention[2]}"
     else:
         try:
             cpu_build.library()

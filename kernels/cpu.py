@@ -20,7 +20,8 @@ from kernels import contract, cpu_build, ref
 
 GRAPH_SAFE = False
 DTYPES = (torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256  # decode_attention.c's limits
+MAX_HEAD_DIM = 256  # decode_attention.c's limits: head_dim a multiple of 16 up to 256, blocks up to 64
+HEAD_DIM_MULTIPLE = 16
 MAX_BLOCK_SIZE = 64
 MAX_HIDDEN = 16384  # rms_norm.c keeps a row of float32 on the stack
 
@@ -44,7 +45,8 @@ class CpuAttentionPlan:
 
 
 def covers(dtype: torch.dtype, head_dim: int, block_size: int) -> bool:
-    return dtype in DTYPES and head_dim <= MAX_HEAD_DIM and block_size <= MAX_BLOCK_SIZE
+    return (dtype in DTYPES and head_dim <= MAX_HEAD_DIM and head_dim % HEAD_DIM_MULTIPLE == 0
+            and block_size <= MAX_BLOCK_SIZE)
 
 
 def plan_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
@@ -80,7 +82,8 @@ def _decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, p
         ctypes.c_int(head_dim), ctypes.c_int(block_size), ctypes.c_int(plan.sliding_window or 0),
         ctypes.c_float(scale), _ptr(out), ctypes.c_int64(out.stride(0)), ctypes.c_int(query.dtype == torch.bfloat16))
     if status != 0:
-        raise ValueError(f"decode_attention covers head_dim <= {MAX_HEAD_DIM} and block_size <= {MAX_BLOCK_SIZE}")
+        raise ValueError(f"decode_attention covers head_dim a multiple of {HEAD_DIM_MULTIPLE} up to {MAX_HEAD_DIM} "
+                         f"and block_size <= {MAX_BLOCK_SIZE}")
 
 
 def store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -71,6 +71,7 @@ def test_random_batches_match_the_reference():
 def test_auto_picks_the_cpu_kernels_where_they_cover_the_model():
     assert kernels.load("auto", "cpu", ("bfloat16", 64, 16)) is cpu
     assert kernels.load("auto", "cpu", ("float16", 64, 16)) is ref  # no float16 kernel
+    assert kernels.load("auto", "cpu", ("bfloat16", 72, 16)) is ref  # head_dim not a multiple of 16
     with pytest.raises(ValueError, match="float16"):
         kernels.load("cpu", "cpu", ("float16", 64, 16))
 
