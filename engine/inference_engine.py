@@ -87,9 +87,8 @@ class InferenceEngine:
         model.load_weights(checkpoint.open_weights())
         model.eval()
         weights = f", {weight_format} weights" if weight_format != "float" else ""
-        if weight_format == "mixed":  # where 4-bit beats bfloat16 on this machine, per shape
-            rows = sorted(set(int4_crossover.calibrate(model).values()))
-            weights += f" (4-bit up to {'/'.join(map(str, rows))} rows)"
+        if weight_format == "mixed":  # where 4-bit beats bfloat16 on this machine
+            weights += f" (4-bit up to {min(int4_crossover.calibrate(model).values())} rows)"
         block_size = config.block_size
         num_blocks = config.num_kv_blocks or max(
             1, int(config.kv_cache_gib * 2**30) // ModelRunner.kv_bytes_per_block(model, block_size))
@@ -106,10 +105,10 @@ class InferenceEngine:
         eos = set(model_config.eos_token_ids)
         if checkpoint.tokenizer is not None and checkpoint.tokenizer.eos_token_id is not None:
             eos.add(checkpoint.tokenizer.eos_token_id)
-        description = f"{checkpoint.description} as {dtype_name} on {device}{weights}"
+        kernels_used = ops.__name__.removeprefix("kernels.")
+        description = f"{checkpoint.description} as {dtype_name} on {device}{weights}, {kernels_used} kernels"
         if device.type == "cuda":
-            kernels_used = ops.__name__.removeprefix("kernels.")
-            description += f", {kernels_used} kernels, {'decode graphs' if runner.graphs else 'eager'}"
+            description += f", {'decode graphs' if runner.graphs else 'eager'}"
         logger.info("loaded %s; KV cache %d blocks of %d tokens", description, num_blocks, block_size)
         return cls(EngineCore(scheduler, runner, frozenset(eos)), checkpoint.tokenizer, config, description)
 

@@ -4,8 +4,10 @@ The int4 kernel reads a quarter of the bytes but does more arithmetic per weight
 few rows and loses at many; where it stops winning depends on the CPU (seen: 16 rows on an AMD
 EPYC, fewer on a Xeon with AMX, whose bfloat16 matmuls are faster). For each weight shape the
 model has, both paths are timed over that shape's layers in turn (enough of them to overflow the
-caches, as in a real step), at growing row counts; each layer then takes the 4-bit path up to the
-largest row count at which it was faster at every count so far.
+caches, as in a real step), at growing row counts, up to the largest row count at which 4-bit
+was faster at every count so far. The model then switches as a whole at the smallest of those:
+a step runs either all 4-bit layers or all float copies, each of which is tested against
+transformers, never a per-shape mix that no test has seen (one showed a flipped greedy token).
 """
 
 from __future__ import annotations
@@ -27,17 +29,17 @@ Timer = Callable[[Sequence[Int4Linear], int, bool], float]  # (layers, rows, use
 
 
 def calibrate(model: nn.Module, timer: Timer | None = None) -> dict[tuple[int, int], int]:
-    """Set `max_int4_rows` on every mixed Int4Linear of `model`; returns it per (out, in) shape."""
+    """Set `max_int4_rows` on every mixed Int4Linear of `model` to the smallest crossover of its
+    shapes; returns the crossover measured per (out, in) shape."""
     timer = timer or _time_pass
     by_shape: dict[tuple[int, int], list[Int4Linear]] = defaultdict(list)
     for module in model.modules():
         if isinstance(module, Int4Linear) and module.weight is not None:
             by_shape[(module.out_features, module.in_features)].append(module)
-    crossover = {}
-    for shape, layers in by_shape.items():
-        crossover[shape] = _crossover(_streamed_subset(layers), timer)
+    crossover = {shape: _crossover(_streamed_subset(layers), timer) for shape, layers in by_shape.items()}
+    for layers in by_shape.values():
         for layer in layers:
-            layer.max_int4_rows = crossover[shape]
+            layer.max_int4_rows = min(crossover.values())
     return crossover
 
 

@@ -2,7 +2,7 @@
 
 `ref` (kernels/ref.py) is plain torch and runs everywhere; it is the spec and the CPU path.
 `cuda` (kernels/cuda.py) runs the CUDA kernels of kernels/csrc through CuPy, with the same
-functions and signatures. `cpu` (kernels/cpu.py) runs C kernels of kernels/cpu, built for this
+functions and signatures. `cpu` (kernels/cpu.py) runs C kernels of kernels/csrc/cpu, built for this
 CPU at first use, where they beat the reference (decode attention over the paged cache).
 """
 

@@ -1,10 +1,10 @@
 """The CPU implementation of kernels/ref.py's ops: same names, parameters and results.
 
-Decode rows (one query token) go to a C kernel (kernels/cpu/decode_attention.c) that reads the
+Decode rows (one query token) go to a C kernel (kernels/csrc/cpu/decode_attention.c) that reads the
 paged KV cache in place; the reference gathers each row's blocks into contiguous copies first
 and runs two batched matmuls, which at 16 rows cost more than the model's attention arithmetic.
-RMSNorm with its residual add runs as one C pass (kernels/cpu/rms_norm.c) where the reference
-runs about ten torch ops a call, twice a layer, and KV writes as one call (kernels/cpu/store_kv.c)
+RMSNorm with its residual add runs as one C pass (kernels/csrc/cpu/rms_norm.c) where the reference
+runs about ten torch ops a call, twice a layer, and KV writes as one call (kernels/csrc/cpu/store_kv.c)
 instead of a mask, a host sync and two index copies. Prefill chunks and sampling are the
 reference's own code.
 """

@@ -1,4 +1,4 @@
-"""Builds the C kernels of kernels/cpu at first use and loads them with ctypes.
+"""Builds the C kernels of kernels/csrc/cpu at first use and loads them with ctypes.
 
 The machine's C compiler builds them for this very CPU (-march=native: its vector units), with
 OpenMP; the library links the libgomp torch has already loaded (same soname), so the kernels run
@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 
-SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu")
+SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "cpu")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror")
 
 

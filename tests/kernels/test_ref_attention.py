@@ -1,4 +1,4 @@
-"""kernels.ref paged attention and KV writes against a dense oracle."""
+"""Paged attention of kernels.ref and kernels.cpu, and the reference's KV writes, against a dense oracle."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from kernels import contract
 from tests.kernels.paged_inputs import dense_attention, make_paged_inputs
 
 ops = kernels.load("ref")
+ATTENTION = {"ref": ops, "cpu": kernels.load("cpu")}  # cpu: the C decode kernel, built at first use
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
        torch.float16: dict(atol=3e-3, rtol=3e-3)}
 
@@ -28,10 +29,16 @@ CASES = {  # (seq_lens, q_lens)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("block_size", [16, 8])
-def test_paged_attention_matches_dense(case, dtype, block_size):
+@pytest.mark.parametrize("heads", [(9, 3), (4, 4), (8, 1)], ids=["group3", "mha", "mqa"])
+@pytest.mark.parametrize("kind", sorted(ATTENTION))
+def test_paged_attention_matches_dense(kind, case, dtype, block_size, heads):
+    if kind == "cpu" and dtype == torch.float16:
+        pytest.skip("no float16 CPU kernel: auto serves float16 models with the reference")
+    ops = ATTENTION[kind]
     seq_lens, q_lens = CASES[case]
     query, k_cache, v_cache, tables, lens, starts, dense_k, dense_v = make_paged_inputs(
-        seq_lens, q_lens, num_q_heads=9, num_kv_heads=3, head_dim=64, block_size=block_size, dtype=dtype)
+        seq_lens, q_lens, num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=64, block_size=block_size,
+        dtype=dtype)
     plan = ops.plan_attention(tables, lens, starts)
     got = ops.paged_attention(query, k_cache, v_cache, plan, scale=0.125)
     expected = dense_attention(query, dense_k, dense_v, seq_lens, q_lens, 0.125)
@@ -41,8 +48,10 @@ def test_paged_attention_matches_dense(case, dtype, block_size):
 
 @pytest.mark.parametrize("case", ["decode-one-long", "decode-equal-lengths", "decode-ragged", "prefill-fresh",
                                   "prefill-chunk-after-cache", "mixed"])
-@pytest.mark.parametrize("window", [1, 5, 16, 40, 400])  # 400: wider than every context
-def test_sliding_window_attention_matches_dense(case, window):
+@pytest.mark.parametrize("window", [1, 5, 16, 17, 40, 400])  # 400: wider than every context
+@pytest.mark.parametrize("kind", sorted(ATTENTION))
+def test_sliding_window_attention_matches_dense(kind, case, window):
+    ops = ATTENTION[kind]
     seq_lens, q_lens = CASES[case]
     query, k_cache, v_cache, tables, lens, starts, dense_k, dense_v = make_paged_inputs(
         seq_lens, q_lens, num_q_heads=4, num_kv_heads=2, head_dim=32, block_size=16, dtype=torch.float32)

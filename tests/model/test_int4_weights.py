@@ -62,7 +62,7 @@ def test_mixed_uses_the_4_bit_codes_up_to_its_row_limit_and_the_float_copy_beyon
     assert torch.equal(layer(x), torch.zeros(max_int4_rows + 1, 32, dtype=torch.bfloat16))
 
 
-def test_calibration_sets_each_shape_to_the_last_row_count_where_4_bit_won_throughout():
+def test_calibration_switches_the_whole_model_at_the_smallest_crossover_of_its_shapes():
     generator = torch.Generator().manual_seed(0)
     model = torch.nn.ModuleList([_layer([_random_groups(32, 64, generator)], True, [0]) for _ in range(2)]
                                 + [_layer([_random_groups(16, 96, generator)], True, [0]),
@@ -76,7 +76,7 @@ def test_calibration_sets_each_shape_to_the_last_row_count_where_4_bit_won_throu
         return costs[(layers[0].out_features, layers[0].in_features)](rows, use_int4)
 
     assert int4_crossover.calibrate(model, timer) == {(32, 64): 8, (16, 96): 2}
-    assert [layer.max_int4_rows for layer in model] == [8, 8, 2, MAX_INT4_TOKENS]
+    assert [layer.max_int4_rows for layer in model] == [2, 2, 2, MAX_INT4_TOKENS]  # a step is all 4-bit or all float
     assert max(seen) == 2  # both layers of a shape are timed together
 
 
@@ -156,7 +156,7 @@ def test_int4_keeps_every_q4_1_layer_at_5_bits_a_weight(bf16_engines):
     float_bytes, int4_bytes = (bf16_engines[fmt].core.runner.model.weight_bytes() for fmt in ("float", "int4"))
     print(f"weights: float {float_bytes / 2**20:.0f} MiB, int4 {int4_bytes / 2**20:.0f} MiB")
     assert int4_bytes < 0.5 * float_bytes
-    assert bf16_engines["int4"].description.endswith(", int4 weights")
+    assert ", int4 weights, " in bf16_engines["int4"].description
 
 
 BF16_TIE_MARGIN = 0.25  # bfloat16 activations: a top-2 gap of 0.16 was seen to flip (float weights)
