@@ -16,7 +16,7 @@ POOL_SIZE = 16  # fewer connections than streams: the client reuses pooled conne
 
 async def _stream(session: aiohttp.ClientSession, url: str, connection: str, index: int) -> tuple[str, str, int]:
     """(Connection response header, outcome, chunks) of one streamed completion."""
-    body = {"model": MODEL, "prompt": f"Stream {index} says", "max_tokens": 6, "temperature": 0,
+    body = {"model": MODEL, "prompt": f"Stream {index} says", "max_tokens": 3, "temperature": 0,
             "ignore_eos": True, "stream": True}
     try:
         async with session.post(url + "/v1/completions", json=body, headers={"Connection": connection}) as resp:
@@ -45,7 +45,7 @@ def test_64_concurrent_streams_all_complete(stack, connection):
     results = asyncio.run(_run_streams(stack.url, connection))
     outcomes = [outcome for _, outcome, _ in results]
     assert outcomes == ["done"] * NUM_STREAMS, {o: outcomes.count(o) for o in set(outcomes)}
-    assert all(chunks == 6 for _, _, chunks in results)  # one chunk per generated token
+    assert all(chunks == 3 for _, _, chunks in results)  # one chunk per generated token
     # The response says what the server will do with the connection (HTTP/1.1 keeps it open unless
     # told "close"): a client must never pool a connection the server is about to close.
     assert {header for header, _, _ in results} == ({"close"} if connection == "close" else {""})
