@@ -78,17 +78,21 @@ def check_cpu_decode(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     """The C decode kernel reads raw memory: rows may be strided, heads and values must be dense."""
     _require(query.dtype == k_cache.dtype == v_cache.dtype == out.dtype, "query, caches and out must share a dtype")
     _require(query.dtype in (torch.bfloat16, torch.float32), f"no CPU decode kernel for {query.dtype}")
-    _require(k_cache.is_contiguous() and v_cache.is_contiguous(), "k_cache/v_cache must be contiguous")
-    for name, t in (("query", query), ("out", out)):
-        _require(t.stride(2) == 1 and t.stride(1) == t.shape[2], f"{name} must be dense within a token row")
+    _require_raw_rows(k_cache, v_cache, query=query, out=out)
     _require(out.shape == query.shape, "out must have the query's shape")
 
 
 def check_cpu_store_kv(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
     """The C KV write copies raw rows: token rows may be strided, each token's heads must be dense."""
     _require(value.dtype == key.dtype == v_cache.dtype, "key, value and caches must share a dtype")
+    _require_raw_rows(k_cache, v_cache, key=key, value=value)
+
+
+def _require_raw_rows(k_cache: torch.Tensor, v_cache: torch.Tensor, **rows: torch.Tensor) -> None:
+    """What C code reading raw memory needs: contiguous caches, and [tokens, heads, head_dim]
+    tensors whose token rows may be strided but whose heads are dense."""
     _require(k_cache.is_contiguous() and v_cache.is_contiguous(), "k_cache/v_cache must be contiguous")
-    for name, t in (("key", key), ("value", value)):
+    for name, t in rows.items():
         _require(t.stride(2) == 1 and t.stride(1) == t.shape[2], f"{name} must be dense within a token row")
 
 
