@@ -30,23 +30,27 @@ Timer = Callable[[Sequence[Int4Linear], int, bool], float]  # (layers, rows, use
 
 def calibrate(model: nn.Module, timer: Timer | None = None) -> dict[tuple[int, int], int]:
     """Set `max_int4_rows` on every mixed Int4Linear of `model` to the smallest crossover of its
-    shapes; returns the crossover measured per (out, in) shape."""
+    shapes; returns the crossover per (out, in) shape, each timed no further than the smallest
+    found before it (only the smallest is used: start-up need not time past it)."""
     timer = timer or _time_pass
     by_shape: dict[tuple[int, int], list[Int4Linear]] = defaultdict(list)
     for module in model.modules():
         if isinstance(module, Int4Linear) and module.weight is not None:
             by_shape[(module.out_features, module.in_features)].append(module)
-    crossover = {shape: _crossover(_streamed_subset(layers), timer) for shape, layers in by_shape.items()}
+    crossover: dict[tuple[int, int], int] = {}
+    for shape, layers in by_shape.items():
+        crossover[shape] = _crossover(_streamed_subset(layers), timer, min(crossover.values(), default=ROW_COUNTS[-1]))
     for layers in by_shape.values():
         for layer in layers:
             layer.max_int4_rows = min(crossover.values())
     return crossover
 
 
-def _crossover(layers: Sequence[Int4Linear], timer: Timer) -> int:
-    """The largest row count up to which the 4-bit path was faster at every count (0: never)."""
+def _crossover(layers: Sequence[Int4Linear], timer: Timer, limit: int) -> int:
+    """The largest row count, up to `limit`, up to which the 4-bit path was faster at every count
+    (0: never)."""
     best = 0
-    for rows in ROW_COUNTS:
+    for rows in (r for r in ROW_COUNTS if r <= limit):
         if timer(layers, rows, True) > timer(layers, rows, False):
             break
         best = rows
