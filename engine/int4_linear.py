@@ -1,13 +1,15 @@
 """A linear layer whose weight stays 4-bit, as a GGUF file stores it.
 
-torch's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`) multiplies bfloat16 activations by
-packed 4-bit codes with one scale and zero point per 32 inputs: value = (code - 8) * scale + zero,
-which holds Q4_0, Q4_1 and Q4_K weights without requantizing (the scale and zero are rounded to
-bfloat16): 5 bits a weight instead of 16. On a 2-core machine, over the 30 layers of SmolLM2's
-shapes, it took 3.7 ms at one row against 14.7 ms for bfloat16 matmuls, 11.5 vs 13.6 ms at 16
-rows, but 22.0 vs 18.0 ms at 32 rows: so "mixed" keeps a float copy too and uses it for larger
-steps, from a row count measured per shape at start-up (engine/int4_crossover.py). Float32
-activations take a slow path (15x), float16 too: bfloat16 only.
+Two kernels multiply bfloat16 activations by 4-bit codes with one scale and min per 32 inputs
+(value = code * scale + min, which holds Q4_0, Q4_1 and Q4_K weights without requantizing): 5
+bits a weight instead of 16. With the CPU kernels (kernels=cpu), Forge's own C kernel
+(kernels/int4_weights.py), which dequantizes each weight to the bfloat16 a float copy holds and
+sums in float32 as a bfloat16 matmul does; otherwise torch's (`_weight_int4pack_mm_for_cpu`,
+scales and mins rounded to bfloat16), which turns compute-bound after a few rows. Over SmolLM2's
+layers on a 2-core AMD EPYC (Zen 4), the C kernel took 5.3 ms at one row (torch's 9.1, bfloat16
+matmuls 16.1) and 14.1 ms at 16 (31.3, 23.8). "mixed" keeps a float copy too and uses it for
+steps with more rows than the 4-bit path wins at, measured per shape at start-up
+(engine/int4_crossover.py). Float32 and float16 activations: not taken.
 """
 
 from __future__ import annotations
@@ -16,24 +18,33 @@ import torch
 from torch import nn
 
 from engine.loaders.int4_groups import GROUP_SIZE, Int4Groups
+from kernels import int4_weights
 
 MAX_INT4_TOKENS = 16  # "mixed": steps with more rows use the float copy, until calibrated
 AUTO_MIXED_MAX_BYTES = 2 << 30  # "auto" keeps a float copy only while it is this small
-PACK_ROWS = 16  # torch's CPU packing works on blocks of 16 output rows
+PACK_ROWS = 16  # both kernels' packings work on blocks of 16 output rows
 
 
 class Int4Linear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, keep_float: bool) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool, keep_float: bool, c_kernel: bool) -> None:
         super().__init__()
         if in_features % GROUP_SIZE or out_features % PACK_ROWS:
             raise ValueError(f"an int4 weight needs inputs in groups of {GROUP_SIZE} and outputs in "
                              f"blocks of {PACK_ROWS}, got [{out_features}, {in_features}]")
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8))  # [N, K/2]
-        self.register_buffer("scales_and_zeros", torch.empty(in_features // GROUP_SIZE, out_features, 2))  # [K/32, N, 2]
+        self.c_kernel = c_kernel
+        groups = in_features // GROUP_SIZE
+        if c_kernel:  # see kernels/int4_weights.py
+            self.register_buffer("packed", torch.empty(out_features // PACK_ROWS, in_features // 2, PACK_ROWS,
+                                                       dtype=torch.uint8))  # [N/16, K/2, 16]
+            self.register_buffer("group_params", torch.empty(out_features // PACK_ROWS, groups, 2, PACK_ROWS,
+                                                             dtype=torch.int16))  # [N/16, K/32, 2, 16] float16 bits
+        else:  # torch's layout; the params are cast with the model (to bfloat16)
+            self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8))  # [N, K/2]
+            self.register_buffer("group_params", torch.empty(groups, out_features, 2))  # [K/32, N, 2] scale, zero
         self.weight = nn.Parameter(torch.empty(out_features, in_features)) if keep_float else None  # [N, K]
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self._codes: torch.Tensor | None = None  # [N, K] uint8 while rows arrive, packed once all have
+        self._staged: Int4Groups | None = None  # rows as they arrive; packed once all have
         self.max_int4_rows = MAX_INT4_TOKENS  # with a float copy: the 4-bit path up to this many rows
         self._rows_loaded = 0
 
@@ -49,18 +60,29 @@ class Int4Linear(nn.Module):
         if cols != self.in_features or first_row + rows > self.out_features or self.complete:
             raise ValueError(f"int4 rows [{first_row}, {first_row + rows}) x {cols} do not fit "
                              f"[{self.out_features}, {self.in_features}]")
-        if self._codes is None:
-            self._codes = torch.zeros(self.out_features, self.in_features, dtype=torch.uint8)
-        self._codes[first_row:first_row + rows] = groups.codes
-        target = self.scales_and_zeros[:, first_row:first_row + rows]  # [K/32, rows, 2]
-        target[..., 0] = groups.scales.t()
-        target[..., 1] = groups.zero_points().t()
+        if self._staged is None:
+            groups_shape = (self.out_features, self.in_features // GROUP_SIZE)
+            self._staged = Int4Groups(torch.zeros(self.out_features, self.in_features, dtype=torch.uint8),
+                                      torch.zeros(groups_shape), torch.zeros(groups_shape))
+        self._staged.codes[first_row:first_row + rows] = groups.codes
+        self._staged.scales[first_row:first_row + rows] = groups.scales
+        self._staged.mins[first_row:first_row + rows] = groups.min_values()
         if self.weight is not None:
             self.weight[first_row:first_row + rows] = groups.dequantize()
         self._rows_loaded += rows
         if self.complete:
-            self.packed.copy_(torch._convert_weight_to_int4pack_for_cpu(self._codes.int(), 1))
-            self._codes = None
+            self._pack(self._staged)
+            self._staged = None
+
+    def _pack(self, staged: Int4Groups) -> None:
+        if self.c_kernel:
+            packed, params = int4_weights.pack(staged.codes, staged.scales, staged.mins)
+            self.packed.copy_(packed)
+            self.group_params.copy_(params)
+            return
+        self.packed.copy_(torch._convert_weight_to_int4pack_for_cpu(staged.codes.int(), 1))
+        self.group_params[..., 0] = staged.scales.t()
+        self.group_params[..., 1] = staged.zero_points().t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, K] bfloat16 -> [T, N]
         if self.weight is not None and x.shape[0] > self.max_int4_rows:
@@ -68,7 +90,9 @@ class Int4Linear(nn.Module):
         return self.int4_forward(x)
 
     def int4_forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, K] bfloat16 -> [T, N]
-        out = torch._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, GROUP_SIZE, self.scales_and_zeros)
+        if self.c_kernel:
+            return int4_weights.matmul(x, self.packed, self.group_params, self.bias)
+        out = torch._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, GROUP_SIZE, self.group_params)
         return out if self.bias is None else out + self.bias
 
     def float_forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, K] -> [T, N], the float copy

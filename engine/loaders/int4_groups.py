@@ -35,6 +35,10 @@ class Int4Groups:
             values = grouped.float().mul_(self.scales[..., None]).add_(self.mins[..., None])
         return values.view(rows, cols)
 
+    def min_values(self) -> torch.Tensor:
+        """[rows, groups] float32 m with value = codes * scales + m (Q4_0: -8 * scales)."""
+        return -8 * self.scales if self.mins is None else self.mins
+
     def zero_points(self) -> torch.Tensor:
         """[rows, groups] float32 z with value = (codes - 8) * scales + z: torch's int4 layout."""
         return torch.zeros_like(self.scales) if self.mins is None else self.mins + 8 * self.scales

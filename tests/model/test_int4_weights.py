@@ -9,6 +9,11 @@ import torch
 from engine import InferenceEngine, SamplingParams, int4_crossover
 from engine.int4_linear import MAX_INT4_TOKENS, Int4Linear, resolve_weight_format
 from engine.loaders.int4_groups import Int4Groups
+from kernels import int4_weights
+
+# Forge's C kernel where it builds, and torch's (kernels=ref): each layer test runs on both
+KERNELS = [pytest.param(True, id="c", marks=pytest.mark.skipif(not int4_weights.available(), reason="no C compiler")),
+           pytest.param(False, id="torch")]
 
 
 def _random_groups(rows: int, cols: int, generator: torch.Generator, symmetric: bool = False) -> Int4Groups:
@@ -18,10 +23,11 @@ def _random_groups(rows: int, cols: int, generator: torch.Generator, symmetric: 
     return Int4Groups(codes, scales, mins)
 
 
-def _layer(parts: list[Int4Groups], keep_float: bool, order: list[int]) -> Int4Linear:
+def _layer(parts: list[Int4Groups], keep_float: bool, order: list[int], c_kernel: bool = False) -> Int4Linear:
     """An Int4Linear filled from `parts` stacked by rows, loaded in `order`."""
     cols = parts[0].shape[1]
-    layer = Int4Linear(cols, sum(p.shape[0] for p in parts), bias=False, keep_float=keep_float).to(torch.bfloat16)
+    layer = Int4Linear(cols, sum(p.shape[0] for p in parts), bias=False, keep_float=keep_float,
+                       c_kernel=c_kernel).to(torch.bfloat16)
     starts = [sum(p.shape[0] for p in parts[:i]) for i in range(len(parts))]
     for i in order:
         assert not layer.complete
@@ -30,27 +36,29 @@ def _layer(parts: list[Int4Groups], keep_float: bool, order: list[int]) -> Int4L
     return layer
 
 
+@pytest.mark.parametrize("c_kernel", KERNELS)
 @pytest.mark.parametrize("symmetric", [False, True], ids=["with-mins", "symmetric"])
 @pytest.mark.parametrize("num_tokens", [1, 5, 16, 40])
-def test_a_fused_int4_layer_matches_its_dequantized_weight(symmetric, num_tokens):
+def test_a_fused_int4_layer_matches_its_dequantized_weight(symmetric, num_tokens, c_kernel):
     generator = torch.Generator().manual_seed(num_tokens)
     parts = [_random_groups(rows, 96, generator, symmetric) for rows in (64, 32, 32)]  # q, k, v of a fused layer
-    layer = _layer(parts, keep_float=False, order=[2, 0, 1])
+    layer = _layer(parts, keep_float=False, order=[2, 0, 1], c_kernel=c_kernel)
     assert layer.weight is None, "int4: no float copy"
     weight = torch.cat([p.dequantize() for p in parts]).double()  # [128, 96]
     x = torch.randn(num_tokens, 96, generator=generator).bfloat16()  # [T, 96]
     expected = x.double() @ weight.t()  # [T, 128]
     got = layer(x)
     assert got.shape == (num_tokens, 128) and got.dtype == torch.bfloat16
-    # bfloat16 scales, zeros and output: about 3 significant digits
+    # bfloat16 weights (C) or scales and zeros (torch), and output: about 3 significant digits
     assert (got.double() - expected).abs().max() <= 1e-2 * expected.abs().max()
 
 
+@pytest.mark.parametrize("c_kernel", KERNELS)
 @pytest.mark.parametrize("max_int4_rows", [MAX_INT4_TOKENS, 3, 0])
-def test_mixed_uses_the_4_bit_codes_up_to_its_row_limit_and_the_float_copy_beyond(max_int4_rows):
+def test_mixed_uses_the_4_bit_codes_up_to_its_row_limit_and_the_float_copy_beyond(max_int4_rows, c_kernel):
     generator = torch.Generator().manual_seed(0)
     parts = [_random_groups(32, 64, generator)]
-    layer = _layer(parts, keep_float=True, order=[0])
+    layer = _layer(parts, keep_float=True, order=[0], c_kernel=c_kernel)
     assert torch.equal(layer.weight, parts[0].dequantize().bfloat16())
     assert layer.max_int4_rows == MAX_INT4_TOKENS  # until calibrated
     layer.max_int4_rows = max_int4_rows
@@ -89,7 +97,7 @@ def test_calibration_on_real_layers_picks_a_measured_row_count():
 
 def test_rows_that_do_not_fit_are_refused():
     generator = torch.Generator().manual_seed(0)
-    layer = Int4Linear(64, 32, bias=False, keep_float=False).to(torch.bfloat16)
+    layer = Int4Linear(64, 32, bias=False, keep_float=False, c_kernel=False).to(torch.bfloat16)
     with pytest.raises(ValueError, match="do not fit"):
         layer.load_rows(16, _random_groups(32, 64, generator))
     with pytest.raises(ValueError, match="do not fit"):
@@ -98,7 +106,7 @@ def test_rows_that_do_not_fit_are_refused():
     with pytest.raises(ValueError, match="do not fit"):  # loaded twice
         layer.load_rows(0, _random_groups(16, 64, generator))
     with pytest.raises(ValueError, match="blocks of 16"):
-        Int4Linear(64, 24, bias=False, keep_float=False)
+        Int4Linear(64, 24, bias=False, keep_float=False, c_kernel=False)
 
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -151,8 +159,10 @@ def test_int4_keeps_every_q4_1_layer_at_5_bits_a_weight(bf16_engines):
     assert len(layers) == 4 * model.config.num_layers  # qkv, o, gate_up, down; the head is tied to Q8_0
     for layer in layers:
         assert layer.weight is None
-        bits = 8 * (layer.packed.numel() + 2 * layer.scales_and_zeros.numel()) / (layer.in_features * layer.out_features)
-        assert bits == 5.0  # 4-bit code + a bfloat16 scale and zero per 32 weights
+        assert layer.c_kernel == int4_weights.available()  # the default kernels take Forge's own where it builds
+        params_bytes = layer.group_params.numel() * layer.group_params.element_size()
+        bits = 8 * (layer.packed.numel() + params_bytes) / (layer.in_features * layer.out_features)
+        assert bits == 5.0  # 4-bit code + a 16-bit scale and min per 32 weights
     float_bytes, int4_bytes = (bf16_engines[fmt].core.runner.model.weight_bytes() for fmt in ("float", "int4"))
     print(f"weights: float {float_bytes / 2**20:.0f} MiB, int4 {int4_bytes / 2**20:.0f} MiB")
     assert int4_bytes < 0.5 * float_bytes

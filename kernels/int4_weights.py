@@ -1,0 +1,97 @@
+"""4-bit weights for the CPU's C matmul (kernels/csrc/cpu/int4_matmul.c): their packed layout, the
+call, and its torch reference.
+
+A weight [N, K] is value = code * scale + min per group of 32 inputs. Packed, it is tiles of 16
+output rows: codes [N/16, K/2, 16] bytes, one input pair of all 16 rows per 16 bytes (byte j: the
+low nibble row j/2, the high nibble row 8 + j/2, input 2p + j%2), and params [N/16, K/32, 2, 16]
+float16 bits (each group's 16 scales, then 16 mins): 5 bits a weight. float16 holds the scales and
+mins of GGUF's Q4_0 and Q4_1 exactly (they are float16 in the file); Q4_K's products of two
+scales are rounded to it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from kernels import cpu_build
+
+TILE = 16  # output rows per tile
+GROUP = 32  # inputs per scale and min
+
+
+def pack(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """codes [N, K] uint8 (0..15), scales and mins [N, K/32] float -> (packed codes [N/16, K/2, 16]
+    uint8, params [N/16, K/32, 2, 16] int16 holding float16 bits)."""
+    n, k = codes.shape
+    if n % TILE or k % GROUP or scales.shape != (n, k // GROUP) or mins.shape != scales.shape:
+        raise ValueError(f"int4 weights pack [N, K] codes with N a multiple of {TILE} and K of {GROUP}, and "
+                         f"[N, K/{GROUP}] scales and mins; got {tuple(codes.shape)}, {tuple(scales.shape)}, "
+                         f"{tuple(mins.shape)}")
+    by_byte = codes.view(n // TILE, 2, TILE // 2, k // 2, 2).permute(0, 3, 1, 2, 4)  # [tiles, pairs, half, 8, 2]
+    by_byte = by_byte.reshape(n // TILE, k // 2, 2, TILE)  # [tiles, pairs, half, byte]
+    packed = by_byte[:, :, 0] | (by_byte[:, :, 1] << 4)  # [tiles, pairs, 16]
+    params = torch.stack([scales, mins]).to(torch.float16)  # [2, N, K/32]
+    if not torch.isfinite(params).all():
+        raise ValueError("int4 weights: a scale or min is beyond float16's range; load this model "
+                         "with quantized_weights='float'")
+    params = params.view(2, n // TILE, TILE, k // GROUP).permute(1, 3, 0, 2)  # [tiles, groups, 2, 16]
+    return packed.contiguous(), params.contiguous().view(torch.int16)
+
+
+def dequantize(packed: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """The packed weight as [N, K] float32: code * scale + min, each rounded to bfloat16 as the
+    kernel rounds it before its dot products."""
+    tiles, pairs, _ = packed.shape
+    nibbles = torch.stack([packed & 0x0F, packed >> 4], dim=2)  # [tiles, pairs, half, 16]
+    codes = nibbles.view(tiles, pairs, 2, TILE // 2, 2).permute(0, 2, 3, 1, 4)  # [tiles, half, 8, pairs, 2]
+    codes = codes.reshape(tiles * TILE, pairs * 2).float()  # [N, K]
+    halves = params.view(torch.float16).float()  # [tiles, groups, 2, 16]
+    scales, mins = (halves[:, :, i].permute(0, 2, 1).reshape(tiles * TILE, -1) for i in range(2))  # [N, K/32]
+    values = torch.addcmul(mins.repeat_interleave(GROUP, 1), codes, scales.repeat_interleave(GROUP, 1))
+    return values.bfloat16().float()
+
+
+def reference_matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> torch.Tensor:
+    """What `matmul` computes, in torch: [T, K] bfloat16 -> [T, N] bfloat16 (float32 sums)."""
+    out = x.float() @ dequantize(packed, params).t()  # [T, N]
+    return (out if bias is None else out + bias.float()).bfloat16()
+
+
+def available() -> bool:
+    """Whether the C kernels build on this machine (kernels/cpu_build.py)."""
+    try:
+        cpu_build.library()
+    except cpu_build.BuildError:
+        return False
+    return True
+
+
+def matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [T, K] bfloat16 (rows may be strided) @ the packed weight [N, K], + bias [N] -> [T, N] bfloat16."""
+    tiles, pairs, _ = packed.shape
+    n, k = tiles * TILE, pairs * 2
+    if (x.dtype != torch.bfloat16 or x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1
+            or (bias is not None and (bias.dtype != torch.bfloat16 or bias.shape != (n,) or not bias.is_contiguous()))):
+        raise ValueError(f"int4 matmul takes x [T, {k}] bfloat16 with contiguous rows and an optional "
+                         f"bfloat16 bias [{n}]; got x {x.dtype} {tuple(x.shape)} strides {x.stride()}")
+    out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)  # [T, N]
+    status = _kernel()(x.data_ptr(), x.stride(0), x.shape[0], k, packed.data_ptr(), params.data_ptr(),
+                       None if bias is None else bias.data_ptr(), n, out.data_ptr(), n)
+    if status != 0:
+        raise MemoryError("int4 matmul could not allocate its per-thread tile buffer")
+    return out
+
+
+@functools.cache
+def _kernel() -> ctypes._CFuncPtr:
+    """The C function with its argument types declared once (cheaper calls than wrapping each)."""
+    function = cpu_build.library().int4_matmul
+    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
