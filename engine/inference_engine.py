@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import kernels
-from engine import compute_thread, int4_crossover
+from engine import compute_thread, int4_crossover, lm_head
 from engine.block_manager import BlockManager
 from engine.completion import Completion
 from engine.detokenizer import IncrementalDetokenizer
@@ -89,6 +89,10 @@ class InferenceEngine:
         weights = f", {weight_format} weights" if weight_format != "float" else ""
         if weight_format == "mixed":  # where 4-bit beats bfloat16 on this machine
             weights += f" (4-bit up to {min(int4_crossover.calibrate(model).values())} rows)"
+        head_weight = lm_head.plain_weight(model) if ops.C_MATMULS else None
+        if head_weight is not None:  # where the C head beats torch's on this machine
+            model.c_head_max_rows = lm_head.calibrate(head_weight)
+            weights += f", C LM head up to {model.c_head_max_rows} rows"
         block_size = config.block_size
         num_blocks = config.num_kv_blocks or max(
             1, int(config.kv_cache_gib * 2**30) // ModelRunner.kv_bytes_per_block(model, block_size))

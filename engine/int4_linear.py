@@ -3,7 +3,7 @@
 Two kernels multiply bfloat16 activations by 4-bit codes with one scale and min per 32 inputs
 (value = code * scale + min, which holds Q4_0, Q4_1 and Q4_K weights without requantizing): 5
 bits a weight instead of 16. With the CPU kernels (kernels=cpu), Forge's own C kernel
-(kernels/int4_weights.py), which dequantizes each weight to the bfloat16 a float copy holds and
+(kernels/cpu_matmul.py), which dequantizes each weight to the bfloat16 a float copy holds and
 sums in float32 as a bfloat16 matmul does; otherwise torch's (`_weight_int4pack_mm_for_cpu`,
 scales and mins rounded to bfloat16), which turns compute-bound after a few rows. Over SmolLM2's
 layers on a 2-core AMD EPYC (Zen 4), the C kernel took 5.3 ms at one row (torch's 9.1, bfloat16
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from engine.loaders.int4_groups import GROUP_SIZE, Int4Groups
-from kernels import int4_weights
+from kernels import cpu_matmul
 
 MAX_INT4_TOKENS = 16  # "mixed": steps with more rows use the float copy, until calibrated
 AUTO_MIXED_MAX_BYTES = 2 << 30  # "auto" keeps a float copy only while it is this small
@@ -34,7 +34,7 @@ class Int4Linear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.c_kernel = c_kernel
         groups = in_features // GROUP_SIZE
-        if c_kernel:  # see kernels/int4_weights.py
+        if c_kernel:  # see kernels/cpu_matmul.py
             self.register_buffer("packed", torch.empty(out_features // PACK_ROWS, in_features // 2, PACK_ROWS,
                                                        dtype=torch.uint8))  # [N/16, K/2, 16]
             self.register_buffer("group_params", torch.empty(out_features // PACK_ROWS, groups, 2, PACK_ROWS,
@@ -76,7 +76,7 @@ class Int4Linear(nn.Module):
 
     def _pack(self, staged: Int4Groups) -> None:
         if self.c_kernel:
-            packed, params = int4_weights.pack(staged.codes, staged.scales, staged.mins)
+            packed, params = cpu_matmul.pack_int4(staged.codes, staged.scales, staged.mins)
             self.packed.copy_(packed)
             self.group_params.copy_(params)
             return
@@ -91,7 +91,7 @@ class Int4Linear(nn.Module):
 
     def int4_forward(self, x: torch.Tensor) -> torch.Tensor:  # x [T, K] bfloat16 -> [T, N]
         if self.c_kernel:
-            return int4_weights.matmul(x, self.packed, self.group_params, self.bias)
+            return cpu_matmul.int4_matmul(x, self.packed, self.group_params, self.bias)
         out = torch._weight_int4pack_mm_for_cpu(x.contiguous(), self.packed, GROUP_SIZE, self.group_params)
         return out if self.bias is None else out + self.bias
 

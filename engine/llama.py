@@ -17,6 +17,7 @@ from engine.forward_batch import ForwardBatch
 from engine.int4_linear import PACK_ROWS, Int4Linear
 from engine.loaders.int4_groups import Int4Groups
 from engine.model_config import ModelConfig
+from kernels import cpu_matmul
 
 
 class RMSNorm(nn.Module):
@@ -96,6 +97,7 @@ class Llama(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
+        self.c_head_max_rows = 0  # the head runs the C bfloat16 matmul up to this many rows (engine/lm_head.py)
         self.reset_rope_cache(max_model_len)
 
     def reset_rope_cache(self, max_model_len: int) -> None:
@@ -134,6 +136,11 @@ class Llama(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[num_sampled, hidden] -> [num_sampled, vocab] float32."""
+        if hidden.shape[0] <= self.c_head_max_rows:
+            weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+            logits = cpu_matmul.bf16_matmul(hidden, weight)  # [num_sampled, vocab] bfloat16
+            if logits is not None:
+                return logits.float()
         if self.lm_head is None:
             return nn.functional.linear(hidden, self.embed_tokens.weight).float()
         return self.lm_head(hidden).float()
@@ -162,7 +169,7 @@ class Llama(nn.Module):
         for name, module in layers.items():
             parent, _, attr = name.rpartition(".")
             setattr(self.get_submodule(parent), attr, Int4Linear(
-                module.in_features, module.out_features, module.bias is not None, keep_float, self.ops.INT4_C_KERNEL))
+                module.in_features, module.out_features, module.bias is not None, keep_float, self.ops.C_MATMULS))
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | Int4Groups]]) -> None:

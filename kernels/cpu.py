@@ -19,7 +19,7 @@ import torch
 from kernels import contract, cpu_build, ref
 
 GRAPH_SAFE = False
-INT4_C_KERNEL = True  # 4-bit layers run kernels/int4_weights.py's C matmul
+C_MATMULS = True  # 4-bit layers and the LM head run kernels/cpu_matmul.py's C matmuls
 DTYPES = (torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256  # decode_attention.c's limits: head_dim a multiple of 16 up to 256, blocks up to 64
 HEAD_DIM_MULTIPLE = 16

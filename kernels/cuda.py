@@ -21,7 +21,7 @@ import torch
 from kernels import contract, ref, sources
 
 GRAPH_SAFE = True  # every op is capturable; a plan built over static buffers replays with new lengths
-INT4_C_KERNEL = False  # no 4-bit layers on a GPU
+C_MATMULS = False  # the CPU's C matmuls: not on a GPU
 TILE_TOKENS = 8  # query tokens per attention tile; a decode row is a tile of one
 MIN_PARTITION = 256  # fewest keys one attention block takes on; a multiple of 32
 _COPY_THREADS = 128

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from kernels import contract
 
 GRAPH_SAFE = False  # plans read lengths on the host: they cannot be replayed from a CUDA graph
-INT4_C_KERNEL = False  # 4-bit layers (CPU only) run torch's own int4 kernel
+C_MATMULS = False  # 4-bit layers (CPU only) run torch's own int4 kernel, the LM head torch's matmul
 _MASK_64 = (1 << 64) - 1
 _MASK_32 = (1 << 32) - 1
 

@@ -7,7 +7,7 @@
 // across output rows, not along the inputs, so no sum is reduced across lanes: a tile is 16 output
 // rows, lane i its row i, and each step takes one input pair (k, k+1) of all 16 rows.
 //
-// Layout (kernels/int4_weights.py packs it), per tile of 16 output rows:
+// Layout (kernels/cpu_matmul.py packs it), per tile of 16 output rows:
 //   codes  [K/2][16] bytes: for input pair p, byte j holds in its low nibble the code of row j/2,
 //          input 2p + j%2, in its high nibble that of row 8 + j/2, input 2p + j%2;
 //   params [K/32][2][16] float16: per group, the 16 rows' scales, then their mins.

@@ -11,9 +11,9 @@ import subprocess
 import pytest
 import torch
 
-from kernels import cpu_build, int4_weights
+from kernels import cpu_build, cpu_matmul
 
-pytestmark = pytest.mark.skipif(not int4_weights.available(), reason="the C kernels do not build here")
+pytestmark = pytest.mark.skipif(not cpu_matmul.available(), reason="the C kernels do not build here")
 
 
 def _random_weight(n: int, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -31,9 +31,9 @@ def _dense(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> tor
 def test_packing_keeps_every_code_scale_and_min():
     generator = torch.Generator().manual_seed(0)
     codes, scales, mins = _random_weight(48, 96, generator)
-    packed, params = int4_weights.pack(codes, scales, mins)
+    packed, params = cpu_matmul.pack_int4(codes, scales, mins)
     assert packed.shape == (3, 48, 16) and params.shape == (3, 3, 2, 16)
-    assert torch.equal(int4_weights.dequantize(packed, params), _dense(codes, scales, mins).float().bfloat16().float())
+    assert torch.equal(cpu_matmul.dequantize_int4(packed, params), _dense(codes, scales, mins).float().bfloat16().float())
 
 
 # rows: 1 and 7 (fewer than a chunk), 16 (one whole chunk), 17 and 40 (a dequantized tile, read per chunk)
@@ -42,30 +42,30 @@ def test_packing_keeps_every_code_scale_and_min():
 def test_matmul_matches_float64_and_its_torch_reference(rows, with_bias):
     generator = torch.Generator().manual_seed(rows)
     codes, scales, mins = _random_weight(64, 160, generator)
-    packed, params = int4_weights.pack(codes, scales, mins)
+    packed, params = cpu_matmul.pack_int4(codes, scales, mins)
     bias = torch.randn(64, generator=generator).bfloat16() if with_bias else None
     x = torch.randn(rows, 200, generator=generator).bfloat16()[:, :160]  # [rows, 160], rows 200 apart
-    got = int4_weights.matmul(x, packed, params, bias)  # [rows, 64]
+    got = cpu_matmul.int4_matmul(x, packed, params, bias)  # [rows, 64]
     weight = _dense(codes, scales, mins).float().bfloat16().double()  # the bfloat16 weights it multiplies
     expected = x.double() @ weight.t() + (0 if bias is None else bias.double())
     assert got.shape == (rows, 64) and got.dtype == torch.bfloat16
     assert (got.double() - expected).abs().max() <= 2 ** -8 * expected.abs().max()  # one bfloat16 rounding
-    reference = int4_weights.reference_matmul(x, packed, params, bias)
+    reference = cpu_matmul.reference_int4_matmul(x, packed, params, bias)
     assert (got.float() != reference.float()).float().mean() < 0.05  # float32 sums in another order: rare ulps
 
 
 def test_shapes_it_does_not_take_are_refused_by_name():
     generator = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="N a multiple of 16"):
-        int4_weights.pack(*_random_weight(24, 64, generator))
-    packed, params = int4_weights.pack(*_random_weight(16, 64, generator))
+        cpu_matmul.pack_int4(*_random_weight(24, 64, generator))
+    packed, params = cpu_matmul.pack_int4(*_random_weight(16, 64, generator))
     with pytest.raises(ValueError, match=r"x \[T, 64\] bfloat16"):
-        int4_weights.matmul(torch.zeros(2, 64), packed, params)  # float32
+        cpu_matmul.int4_matmul(torch.zeros(2, 64), packed, params)  # float32
     with pytest.raises(ValueError, match=r"x \[T, 64\] bfloat16"):
-        int4_weights.matmul(torch.zeros(2, 96, dtype=torch.bfloat16), packed, params)
+        cpu_matmul.int4_matmul(torch.zeros(2, 96, dtype=torch.bfloat16), packed, params)
     too_large = torch.full((16, 2), 1e6)
     with pytest.raises(ValueError, match="float16's range"):
-        int4_weights.pack(torch.zeros(16, 64, dtype=torch.uint8), too_large, too_large)
+        cpu_matmul.pack_int4(torch.zeros(16, 64, dtype=torch.uint8), too_large, too_large)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
@@ -77,11 +77,46 @@ def test_the_portable_branch_computes_the_same(tmp_path: pathlib.Path):
                     "-o", str(library), str(source)], check=True, capture_output=True, timeout=120)
     portable = ctypes.CDLL(str(library)).int4_matmul
     generator = torch.Generator().manual_seed(1)
-    packed, params = int4_weights.pack(*_random_weight(32, 96, generator))
+    packed, params = cpu_matmul.pack_int4(*_random_weight(32, 96, generator))
     x = torch.randn(20, 96, generator=generator).bfloat16()  # [20, 96]: a dequantized tile and two chunks
     out = torch.empty(20, 32, dtype=torch.bfloat16)
     status = portable(ctypes.c_void_p(x.data_ptr()), ctypes.c_int64(96), 20, 96, ctypes.c_void_p(packed.data_ptr()),
                       ctypes.c_void_p(params.data_ptr()), None, 32, ctypes.c_void_p(out.data_ptr()), ctypes.c_int64(32))
     assert status == 0
-    expected = int4_weights.matmul(x, packed, params)
+    expected = cpu_matmul.int4_matmul(x, packed, params)
     assert (out.float() - expected.float()).abs().max() <= 2 ** -7 * expected.float().abs().max()
+
+
+@pytest.mark.parametrize("rows", [1, 5, 16, 17, 40])
+def test_bf16_matmul_matches_float64_and_torch(rows):
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(200, 96, generator=generator).bfloat16()  # [N, K]: N not a multiple of the 64-row blocks
+    x = torch.randn(rows, 128, generator=generator).bfloat16()[:, :96]  # [rows, 96], rows 128 apart
+    got = cpu_matmul.bf16_matmul(x, weight)
+    if got is None:
+        pytest.skip("this CPU has no AVX-512 BF16: torch multiplies")
+    expected = x.double() @ weight.double().t()
+    assert got.shape == (rows, 200) and got.dtype == torch.bfloat16
+    assert (got.double() - expected).abs().max() <= 2 ** -8 * expected.abs().max()
+    torch_result = torch.nn.functional.linear(x, weight)
+    assert (got.float() != torch_result.float()).float().mean() < 0.05  # float32 sums in another order
+
+
+def test_bf16_matmul_declines_what_it_does_not_take():
+    weight = torch.zeros(16, 48, dtype=torch.bfloat16)
+    assert cpu_matmul.bf16_matmul(torch.zeros(2, 48, dtype=torch.bfloat16), weight) is None  # K not a multiple of 32
+    with pytest.raises(ValueError, match="both bfloat16"):
+        cpu_matmul.bf16_matmul(torch.zeros(2, 48), weight)
+
+
+def test_the_head_uses_the_c_kernel_up_to_its_calibrated_rows():
+    from engine import lm_head
+
+    head = torch.nn.Linear(64, 320, bias=False).to(torch.bfloat16)
+    model = torch.nn.Module()
+    model.lm_head, model.embed_tokens = head, None
+    assert lm_head.plain_weight(model) is head.weight
+    rows = lm_head.calibrate(head.weight)
+    assert rows in (0, *lm_head.ROW_COUNTS)
+    model.lm_head = torch.nn.Linear(64, 320, bias=True).to(torch.bfloat16)
+    assert lm_head.plain_weight(model) is None  # a bias: torch's linear

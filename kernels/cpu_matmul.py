@@ -1,7 +1,8 @@
-"""4-bit weights for the CPU's C matmul (kernels/csrc/cpu/int4_matmul.c): their packed layout, the
-call, and its torch reference.
+"""The CPU's C matmuls: 4-bit weights (kernels/csrc/cpu/int4_matmul.c) with their packed layout and
+torch reference, and bfloat16 weights in their own layout (kernels/csrc/cpu/bf16_matmul.c, the LM
+head, where torch's matmul streams the weight at a third of the memory bandwidth on few rows).
 
-A weight [N, K] is value = code * scale + min per group of 32 inputs. Packed, it is tiles of 16
+A 4-bit weight [N, K] is value = code * scale + min per group of 32 inputs. Packed, it is tiles of 16
 output rows: codes [N/16, K/2, 16] bytes, one input pair of all 16 rows per 16 bytes (byte j: the
 low nibble row j/2, the high nibble row 8 + j/2, input 2p + j%2), and params [N/16, K/32, 2, 16]
 float16 bits (each group's 16 scales, then 16 mins): 5 bits a weight. float16 holds the scales and
@@ -22,7 +23,7 @@ TILE = 16  # output rows per tile
 GROUP = 32  # inputs per scale and min
 
 
-def pack(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_int4(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """codes [N, K] uint8 (0..15), scales and mins [N, K/32] float -> (packed codes [N/16, K/2, 16]
     uint8, params [N/16, K/32, 2, 16] int16 holding float16 bits)."""
     n, k = codes.shape
@@ -41,7 +42,7 @@ def pack(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> tuple
     return packed.contiguous(), params.contiguous().view(torch.int16)
 
 
-def dequantize(packed: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+def dequantize_int4(packed: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """The packed weight as [N, K] float32: code * scale + min, each rounded to bfloat16 as the
     kernel rounds it before its dot products."""
     tiles, pairs, _ = packed.shape
@@ -54,10 +55,10 @@ def dequantize(packed: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     return values.bfloat16().float()
 
 
-def reference_matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
+def reference_int4_matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
                      bias: torch.Tensor | None = None) -> torch.Tensor:
-    """What `matmul` computes, in torch: [T, K] bfloat16 -> [T, N] bfloat16 (float32 sums)."""
-    out = x.float() @ dequantize(packed, params).t()  # [T, N]
+    """What `int4_matmul` computes, in torch: [T, K] bfloat16 -> [T, N] bfloat16 (float32 sums)."""
+    out = x.float() @ dequantize_int4(packed, params).t()  # [T, N]
     return (out if bias is None else out + bias.float()).bfloat16()
 
 
@@ -70,7 +71,7 @@ def available() -> bool:
     return True
 
 
-def matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
            bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [T, K] bfloat16 (rows may be strided) @ the packed weight [N, K], + bias [N] -> [T, N] bfloat16."""
     tiles, pairs, _ = packed.shape
@@ -80,18 +81,41 @@ def matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
         raise ValueError(f"int4 matmul takes x [T, {k}] bfloat16 with contiguous rows and an optional "
                          f"bfloat16 bias [{n}]; got x {x.dtype} {tuple(x.shape)} strides {x.stride()}")
     out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)  # [T, N]
-    status = _kernel()(x.data_ptr(), x.stride(0), x.shape[0], k, packed.data_ptr(), params.data_ptr(),
+    status = _int4_kernel()(x.data_ptr(), x.stride(0), x.shape[0], k, packed.data_ptr(), params.data_ptr(),
                        None if bias is None else bias.data_ptr(), n, out.data_ptr(), n)
     if status != 0:
         raise MemoryError("int4 matmul could not allocate its per-thread tile buffer")
     return out
 
 
+def bf16_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """x [T, K] bfloat16 (rows may be strided) @ weight [N, K] bfloat16 contiguous -> [T, N]
+    bfloat16, as torch's linear computes it (float32 sums, one rounding); None where the C kernel
+    does not take it (K not a multiple of 32, a CPU without AVX-512 BF16): use torch then."""
+    n, k = weight.shape
+    if (x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or x.dim() != 2 or x.shape[1] != k
+            or x.stride(1) != 1 or not weight.is_contiguous()):
+        raise ValueError(f"bf16 matmul takes x [T, {k}] and a contiguous weight [{n}, {k}], both bfloat16; "
+                         f"got x {x.dtype} {tuple(x.shape)} strides {x.stride()}, weight {weight.dtype}")
+    out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)  # [T, N]
+    status = _bf16_kernel()(x.data_ptr(), x.stride(0), x.shape[0], k, weight.data_ptr(), n, out.data_ptr(), n)
+    return out if status == 0 else None
+
+
 @functools.cache
-def _kernel() -> ctypes._CFuncPtr:
+def _int4_kernel() -> ctypes._CFuncPtr:
     """The C function with its argument types declared once (cheaper calls than wrapping each)."""
     function = cpu_build.library().int4_matmul
     function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+@functools.cache
+def _bf16_kernel() -> ctypes._CFuncPtr:
+    function = cpu_build.library().bf16_matmul
+    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                         ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
     function.restype = ctypes.c_int
     return function
