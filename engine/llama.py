@@ -164,12 +164,13 @@ class Llama(nn.Module):
 
     def use_int4(self, layers: dict[str, nn.Linear], keep_float: bool) -> None:
         """Swap `layers` (from int4_candidates) for Int4Linear layers, with a float copy too if
-        `keep_float`, multiplied by the C kernel where the ops have it (else torch's). Call before
-        the parameters are allocated (on the meta device)."""
+        `keep_float`, multiplied by the C kernel where the ops have it and it is vectorized here
+        (else torch's). Call before the parameters are allocated (on the meta device)."""
+        c_kernel = self.ops.C_MATMULS and cpu_matmul.available()
         for name, module in layers.items():
             parent, _, attr = name.rpartition(".")
             setattr(self.get_submodule(parent), attr, Int4Linear(
-                module.in_features, module.out_features, module.bias is not None, keep_float, self.ops.C_MATMULS))
+                module.in_features, module.out_features, module.bias is not None, keep_float, c_kernel))
 
     @torch.no_grad()
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor | Int4Groups]]) -> None:

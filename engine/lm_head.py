@@ -10,6 +10,7 @@ the CPU, so both are timed on the model's own head at growing row counts.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def calibrate(weight: torch.Tensor) -> int:
     return best
 
 
-def _best_of(run) -> float:
+def _best_of(run: Callable[[], object]) -> float:
     run()  # warm-up
     best = float("inf")
     for _ in range(REPEATS):

@@ -13,7 +13,17 @@ import torch
 
 from kernels import cpu_build, cpu_matmul
 
-pytestmark = pytest.mark.skipif(not cpu_matmul.available(), reason="the C kernels do not build here")
+
+def _builds() -> bool:
+    try:
+        cpu_build.library()
+    except cpu_build.BuildError:
+        return False
+    return True
+
+
+# Without AVX-512 BF16 the kernels here run their portable branch: slower, the same results
+pytestmark = pytest.mark.skipif(not _builds(), reason="the C kernels do not build here")
 
 
 def _random_weight(n: int, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #include <immintrin.h>
+#define VECTORIZED 1
 
 typedef struct { __m512 scale_lo, scale_hi, min_lo, min_hi; } GroupParams;
 
@@ -98,6 +99,7 @@ static void chunk(int rows, const uint16_t* x, int64_t x_stride, int K, const ui
 }
 
 #else  // no AVX-512 BF16: the same arithmetic one lane at a time
+#define VECTORIZED 0
 
 static inline float half_to_float(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu;
@@ -195,3 +197,6 @@ int int4_matmul(const uint16_t* x, int64_t x_stride, int rows, int K, const uint
     }
     return failed ? -2 : 0;
 }
+
+// 1 when built with AVX-512 BF16; 0 for the portable branch, far slower than torch's int4 kernel.
+int int4_matmul_vectorized(void) { return VECTORIZED; }
