@@ -1,9 +1,10 @@
 // out = x @ W^T for a weight kept as 4-bit codes, value = code * scale + min per group of 32
 // inputs (GGUF's Q4_0, Q4_1 and Q4_K hold this form), bfloat16 activations and outputs.
 //
-// Each weight is dequantized once, in registers, to the bfloat16 a float copy of it would hold,
-// then multiplied with AVX-512 BF16 dot products (two products a lane, float32 sums): so the
-// result is the float path's up to summation order, at a quarter of its memory traffic. Lanes run
+// Each weight is dequantized once, in registers, to the bfloat16 a float copy of it would hold (a
+// fused multiply-add: a rare tie may round the other way), then multiplied with AVX-512 BF16 dot
+// products (two products a lane, float32 sums): the float path's result up to summation order,
+// at a quarter of its memory traffic. Lanes run
 // across output rows, not along the inputs, so no sum is reduced across lanes: a tile is 16 output
 // rows, lane i its row i, and each step takes one input pair (k, k+1) of all 16 rows.
 //
