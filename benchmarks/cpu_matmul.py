@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 
 import torch
@@ -24,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine import compute_thread
+from engine.stopwatch import best_of
 from kernels import cpu_matmul
 
 LAYER_SHAPES = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # (out, in) of one SmolLM2-135M layer
@@ -31,14 +31,8 @@ NUM_LAYERS = 30
 HEAD_SHAPE = (49152, 576)
 
 
-def best_ms(run: Callable[[], object], repeats: int = 3) -> float:
-    run()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return 1000 * best
+def best_ms(run: Callable[[], object]) -> float:
+    return 1000 * best_of(run)
 
 
 def layer_weights(generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
@@ -65,13 +59,13 @@ def run(rows_list: list[int]) -> None:
     print("|---|---|---|---|---|---|")
     for rows in rows_list:
         x = {k: torch.randn(rows, k).bfloat16() for k in {k for _, k in LAYER_SHAPES}}  # [rows, K]
-        c = best_ms(lambda: [cpu_matmul.int4_matmul(x[w["float"].shape[1]], w["packed"], w["params"]) for w in layers])
-        t = best_ms(lambda: [torch._weight_int4pack_mm_for_cpu(x[w["float"].shape[1]], w["torch_packed"], 32,
+        c = best_ms(lambda x=x: [cpu_matmul.int4_matmul(x[w["float"].shape[1]], w["packed"], w["params"]) for w in layers])
+        t = best_ms(lambda x=x: [torch._weight_int4pack_mm_for_cpu(x[w["float"].shape[1]], w["torch_packed"], 32,
                                                                w["torch_params"]) for w in layers])
-        f = best_ms(lambda: [torch.nn.functional.linear(x[w["float"].shape[1]], w["float"]) for w in layers])
+        f = best_ms(lambda x=x: [torch.nn.functional.linear(x[w["float"].shape[1]], w["float"]) for w in layers])
         h_in = torch.randn(rows, HEAD_SHAPE[1]).bfloat16()
-        head_c = best_ms(lambda: cpu_matmul.bf16_matmul(h_in, head))
-        head_t = best_ms(lambda: torch.nn.functional.linear(h_in, head))
+        head_c = best_ms(lambda h_in=h_in: cpu_matmul.bf16_matmul(h_in, head))
+        head_t = best_ms(lambda h_in=h_in: torch.nn.functional.linear(h_in, head))
         print(f"| {rows} | {c:.1f} | {t:.1f} | {f:.1f} | {head_c:.2f} | {head_t:.2f} |", flush=True)
 
 

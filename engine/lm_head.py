@@ -9,16 +9,13 @@ the CPU, so both are timed on the model's own head at growing row counts.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
+from engine.stopwatch import best_of
 from kernels import cpu_matmul
 
 ROW_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32)
-REPEATS = 3  # best of: the machine is shared and noisy
 
 
 def plain_weight(model: nn.Module) -> torch.Tensor | None:
@@ -42,18 +39,9 @@ def calibrate(weight: torch.Tensor) -> int:
         x = torch.randn(rows, weight.shape[1]).to(weight.dtype)  # [rows, hidden]
         if cpu_matmul.bf16_matmul(x, weight) is None:  # this CPU lacks AVX-512 BF16
             return 0
-        c_kernel = _best_of(lambda: cpu_matmul.bf16_matmul(x, weight))
-        if c_kernel > _best_of(lambda: nn.functional.linear(x, weight)):
+        c_kernel = best_of(lambda x=x: cpu_matmul.bf16_matmul(x, weight))
+        if c_kernel > best_of(lambda x=x: nn.functional.linear(x, weight)):
             break
         best = rows
     return best
 
-
-def _best_of(run: Callable[[], object]) -> float:
-    run()  # warm-up
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best

@@ -12,7 +12,6 @@ import pytest
 
 from kernels import cpu, cuda, ref, sources
 
-
 NVCC_VARIANTS = [sources.STORE_KV, sources.SAMPLING, *(sources.attention_variant(d, 128, 16) for d in sources.SCALARS)]
 NEWEST, *OLDER = sorted(sources.ARCHITECTURES, reverse=True)
 # Every variant on the newest architecture; one per source and dtype on the older ones (their
