@@ -13,7 +13,7 @@ import pytest
 from kernels import cpu, cuda, ref, sources
 
 NVCC_VARIANTS = [sources.STORE_KV, sources.SAMPLING, *(sources.attention_variant(d, 128, 16) for d in sources.SCALARS)]
-NEWEST, *OLDER = sorted(sources.ARCHITECTURES, reverse=True)
+NEWEST, *OLDER = sorted(sources.ARCHITECTURES, key=lambda arch: int(arch.removeprefix("sm_")), reverse=True)
 # Every variant on the newest architecture; one per source and dtype on the older ones (their
 # constants differ only in sizes, which the newest already compiled): 40 s less of a 2-core run.
 NVRTC_BUILDS = [(v, NEWEST) for v in sources.variants()] + [(v, a) for a in OLDER for v in NVCC_VARIANTS]
