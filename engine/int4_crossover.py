@@ -12,7 +12,6 @@ transformers, never a per-shape mix that no test has seen (one showed a flipped 
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -20,6 +19,7 @@ import torch
 from torch import nn
 
 from engine.int4_linear import Int4Linear
+from engine.stopwatch import best_of
 
 ROW_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
 STREAM_BYTES = 64 << 20  # time over at least this much float weight per shape: more than any L3
@@ -73,12 +73,4 @@ def _time_pass(layers: Sequence[Int4Linear], rows: int, use_int4: bool) -> float
     """Best-of-REPEATS seconds for one pass of `rows` bfloat16 rows through every layer."""
     x = torch.randn(rows, layers[0].in_features).to(layers[0].weight.dtype)  # [rows, in]
     run = (lambda layer: layer.int4_forward(x)) if use_int4 else (lambda layer: layer.float_forward(x))
-    for layer in layers:  # warm-up: first calls allocate and page weights in
-        run(layer)
-    best = float("inf")
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        for layer in layers:
-            run(layer)
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_of(lambda: [run(layer) for layer in layers], REPEATS)

@@ -34,11 +34,11 @@ def plain_weight(model: nn.Module) -> torch.Tensor | None:
 @torch.inference_mode()
 def calibrate(weight: torch.Tensor) -> int:
     """The largest row count up to which the C kernel was at least as fast at every count (0: never)."""
+    if cpu_matmul.bf16_matmul(torch.zeros(1, weight.shape[1], dtype=weight.dtype), weight) is None:
+        return 0  # not a shape or CPU the kernel takes
     best = 0
     for rows in ROW_COUNTS:
         x = torch.randn(rows, weight.shape[1]).to(weight.dtype)  # [rows, hidden]
-        if cpu_matmul.bf16_matmul(x, weight) is None:  # this CPU lacks AVX-512 BF16
-            return 0
         c_kernel = best_of(lambda x=x: cpu_matmul.bf16_matmul(x, weight))
         if c_kernel > best_of(lambda x=x: nn.functional.linear(x, weight)):
             break

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable
 
 import torch
 
@@ -81,7 +82,7 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
         raise ValueError(f"int4 matmul takes x [T, {k}] bfloat16 with contiguous rows and an optional "
                          f"bfloat16 bias [{n}]; got x {x.dtype} {tuple(x.shape)} strides {x.stride()}")
     out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)  # [T, N]
-    status = _int4_kernel()(x.data_ptr(), x.stride(0), x.shape[0], k, packed.data_ptr(), params.data_ptr(),
+    status = _INT4_KERNEL()(x.data_ptr(), x.stride(0), x.shape[0], k, packed.data_ptr(), params.data_ptr(),
                        None if bias is None else bias.data_ptr(), n, out.data_ptr(), n)
     if status != 0:
         raise MemoryError("int4 matmul could not allocate its per-thread tile buffer")
@@ -98,24 +99,24 @@ def bf16_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
         raise ValueError(f"bf16 matmul takes x [T, {k}] and a contiguous weight [{n}, {k}], both bfloat16; "
                          f"got x {x.dtype} {tuple(x.shape)} strides {x.stride()}, weight {weight.dtype}")
     out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)  # [T, N]
-    status = _bf16_kernel()(x.data_ptr(), x.stride(0), x.shape[0], k, weight.data_ptr(), n, out.data_ptr(), n)
+    status = _BF16_KERNEL()(x.data_ptr(), x.stride(0), x.shape[0], k, weight.data_ptr(), n, out.data_ptr(), n)
     return out if status == 0 else None
 
 
-@functools.cache
-def _int4_kernel() -> ctypes._CFuncPtr:
-    """The C function with its argument types declared once (cheaper calls than wrapping each)."""
-    function = cpu_build.library().int4_matmul
-    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
-    function.restype = ctypes.c_int
+def _declared(name: str, *argtypes: type) -> Callable[[], ctypes._CFuncPtr]:
+    """The library's C function `name`, looked up at first use with its argument types declared
+    once (cheaper calls than wrapping each argument)."""
+    @functools.cache
+    def function() -> ctypes._CFuncPtr:
+        found = getattr(cpu_build.library(), name)
+        found.argtypes, found.restype = list(argtypes), ctypes.c_int
+        return found
     return function
 
 
-@functools.cache
-def _bf16_kernel() -> ctypes._CFuncPtr:
-    function = cpu_build.library().bf16_matmul
-    function.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                         ctypes.c_int, ctypes.c_void_p, ctypes.c_int64]
-    function.restype = ctypes.c_int
-    return function
+_POINTER, _INT, _INT64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+# (x, x_stride, rows, K, codes, params, bias, N, out, out_stride)
+_INT4_KERNEL = _declared("int4_matmul", _POINTER, _INT64, _INT, _INT, _POINTER, _POINTER, _POINTER, _INT, _POINTER,
+                         _INT64)
+# (x, x_stride, rows, K, weight, N, out, out_stride)
+_BF16_KERNEL = _declared("bf16_matmul", _POINTER, _INT64, _INT, _INT, _POINTER, _INT, _POINTER, _INT64)
