@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 
 SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "cpu")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11", "-Wall", "-Werror")
@@ -34,11 +35,23 @@ def library() -> ctypes.CDLL:
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         raise BuildError("no C compiler (cc) on PATH")
-    sources = sorted(os.path.join(SOURCE_DIR, name) for name in os.listdir(SOURCE_DIR) if name.endswith(".c"))
-    path = os.path.join(_cache_dir(), f"forge-cpu-{_build_key(compiler, sources)}.so")
+    files = sorted(os.path.join(SOURCE_DIR, name) for name in os.listdir(SOURCE_DIR) if name.endswith((".c", ".h")))
+    sources = [name for name in files if name.endswith(".c")]
+    path = os.path.join(_cache_dir(), f"forge-cpu-{_build_key(compiler, files)}.so")
     if not os.path.exists(path):
         _compile(compiler, sources, path)
     return ctypes.CDLL(path)
+
+
+def declared(name: str, *argtypes: type) -> Callable[[], ctypes._CFuncPtr]:
+    """The library's C function `name` (returning int), looked up at first use with its argument
+    types declared once (cheaper calls than wrapping each argument)."""
+    @functools.cache
+    def function() -> ctypes._CFuncPtr:
+        found = getattr(library(), name)
+        found.argtypes, found.restype = list(argtypes), ctypes.c_int
+        return found
+    return function
 
 
 def _compile(compiler: str, sources: list[str], path: str) -> None:
@@ -56,9 +69,10 @@ def _compile(compiler: str, sources: list[str], path: str) -> None:
             os.unlink(partial)
 
 
-def _build_key(compiler: str, sources: list[str]) -> str:
+def _build_key(compiler: str, files: list[str]) -> str:
+    """Sources and headers, flags, compiler and CPU: any change means a new build."""
     digest = hashlib.sha256()
-    for source in sources:
+    for source in files:
         with open(source, "rb") as f:
             digest.update(f.read())
     version = subprocess.run([compiler, "--version"], check=True, capture_output=True, text=True, timeout=60).stdout

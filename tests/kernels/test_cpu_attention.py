@@ -8,7 +8,7 @@ import torch
 
 import kernels
 from kernels import cpu, cpu_build
-from tests.kernels.paged_inputs import make_paged_inputs
+from tests.kernels.paged_inputs import dense_attention, make_paged_inputs
 from tests.kernels.test_ref_attention import TOL
 
 ops = kernels.load("cpu")
@@ -26,6 +26,22 @@ def test_strided_query_rows_as_the_model_passes_them(head_dim):
     got = ops.paged_attention(query, k_cache, v_cache, ops.plan_attention(tables, lens, starts), 0.1)
     expected = ref.paged_attention(query, k_cache, v_cache, ref.plan_attention(tables, lens, starts), 0.1)
     torch.testing.assert_close(got.float(), expected.float(), **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("seq_lens", [[1000], [700, 5, 333, 64]], ids=["one-long-row", "ragged"])
+@pytest.mark.parametrize("window", [None, 40, 100])
+@pytest.mark.parametrize(("heads", "head_dim"), [((9, 3), 64), ((12, 1), 96), ((4, 4), 128), ((6, 2), 80)],
+                         ids=["group3", "group12", "mha-128", "dim80"])
+def test_bfloat16_decode_matches_dense(seq_lens, window, heads, head_dim):
+    """The bfloat16 decode kernel (on AVX-512 BF16: rows split into spans when few, a group past the
+    specialized sizes, head_dim 80 on the portable path) against the float64 oracle."""
+    q_lens = [1] * len(seq_lens)
+    query, k_cache, v_cache, tables, lens, starts, dense_k, dense_v = make_paged_inputs(
+        seq_lens, q_lens, num_q_heads=heads[0], num_kv_heads=heads[1], head_dim=head_dim, block_size=16,
+        dtype=torch.bfloat16, seed=len(seq_lens))
+    got = ops.paged_attention(query, k_cache, v_cache, ops.plan_attention(tables, lens, starts, window), 0.1)
+    expected = dense_attention(query, dense_k, dense_v, seq_lens, q_lens, 0.1, window)
+    torch.testing.assert_close(got.double(), expected, **TOL[torch.bfloat16])
 
 
 def test_random_batches_match_the_reference():

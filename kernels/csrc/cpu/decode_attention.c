@@ -1,69 +1,27 @@
 // Paged decode attention on the CPU: one query token per row, keys and values read in place from
 // the paged cache (kernels/contract.py layout: [num_blocks, block_size, num_kv_heads, head_dim]),
-// no gathered copies. One task per (row, kv head): its group of query heads shares every key and
-// value load. Softmax is online, block by block, with float32 accumulators. The torch reference
-// (kernels/ref.py) is the spec; tests compare the two. Built without -ffast-math: a shared library
+// no gathered copies. Where the build has AVX-512 BF16, bfloat16 rows go to decode_attention_bf16.c;
+// here, the portable path: one task per (row, kv head), its group of query heads sharing every key
+// and value load, each row converted to float32. The torch reference (kernels/ref.py) is the spec;
+// tests compare the two. Built without -ffast-math: a shared library
 // built with it may switch the whole process (torch included) to flush denormals to zero.
 #include <stdint.h>
 #include <string.h>
 
-enum { MAX_HEAD_DIM = 256, MAX_BLOCK = 64 };
+#include "decode_attention.h"
+#include "kernels.h"
 
 // Element types of query, caches and output: 16-bit bfloat16 or 32-bit float.
 static void load_row(float* dst, const void* src, int n, int is_bf16) {
     if (is_bf16) {
-        const uint16_t* h = (const uint16_t*)src;
-        for (int i = 0; i < n; i++) {
-            const uint32_t bits = (uint32_t)h[i] << 16;
-            memcpy(dst + i, &bits, 4);
-        }
+        for (int i = 0; i < n; i++) dst[i] = bf16_to_float(((const uint16_t*)src)[i]);
     } else {
         memcpy(dst, src, (size_t)n * 4);
     }
 }
 
-static void store_row(void* dst, const float* src, float factor, int n, int is_bf16) {
-    if (!is_bf16) {
-        for (int i = 0; i < n; i++) ((float*)dst)[i] = src[i] * factor;
-        return;
-    }
-    for (int i = 0; i < n; i++) {  // round to nearest even, as torch does
-        const float f = src[i] * factor;
-        uint32_t bits;
-        memcpy(&bits, &f, 4);
-        bits = (bits & 0x7fffffffu) > 0x7f800000u ? (bits | 0x400000u) : bits + 0x7fffu + ((bits >> 16) & 1u);
-        ((uint16_t*)dst)[i] = (uint16_t)(bits >> 16);
-    }
-}
 
-// e^x for x <= 0 (softmax weights), vectorizable: 2^(x log2 e) split into 2^n * 2^f, f in [-0.5, 0.5],
-// 2^f by its degree-6 Taylor polynomial (relative error < 2e-7, float32's own rounding). Below -87
-// the weight is clamped to about 1e-38, which no float32 sum of weights >= 1 can tell from zero.
-static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    const float t = x * 1.44269504088896341f;
-    const float n = (t + 12582912.0f) - 12582912.0f;  // round to nearest: 1.5 * 2^23, vectorizes
-    const float f = (t - n) * 0.69314718055994531f;
-    const float p = 1.0f + f * (1.0f + f * (0.5f + f * (1.66666667e-1f + f * (4.16666667e-2f
-                    + f * (8.33333333e-3f + f * 1.38888889e-3f)))));
-    const union { int32_t bits; float value; } scale = {((int32_t)n + 127) << 23};  // a union, not memcpy: vectorizes
-    return p * scale.value;
-}
 
-typedef struct {
-    const char* query;
-    int64_t q_row_bytes;
-    const int64_t* q_rows;
-    const char* k_cache;
-    const char* v_cache;
-    const int32_t* block_tables;
-    int64_t table_stride;
-    const int32_t* ctx_lens;
-    int group, num_kv_heads, head_dim, block_size, window, is_bf16;
-    float scale;
-    char* out;
-    int64_t out_row_bytes;
-} Args;
 
 // Sixteen floats as one value: GCC lowers it to one 512-bit register, or two 256-bit ones.
 enum { LANES = 16 };
@@ -105,26 +63,17 @@ static void accumulate_values(float* acc, const float* weights, const float* vb,
     }
 }
 
-// Folds a block's scores into one query head's running softmax: scores become weights.
-static void softmax_step(float* scores, int lo, int hi, float* running_max, float* denom, float* acc,
-                         int head_dim, int first_block) {
-    float block_max = scores[lo];
-    for (int t = lo + 1; t < hi; t++) block_max = scores[t] > block_max ? scores[t] : block_max;
-    if (!first_block) {
-        if (*running_max > block_max) block_max = *running_max;
-        const float rescale = exp_nonpositive(*running_max - block_max);
-        *denom *= rescale;
-#pragma omp simd
-        for (int d = 0; d < head_dim; d++) acc[d] *= rescale;
-    }
-    *running_max = block_max;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int t = lo; t < hi; t++) {
-        scores[t] = exp_nonpositive(scores[t] - block_max);
-        sum += scores[t];
-    }
-    *denom += sum;
+
+
+// Asks for a block's keys and values of one KV head ahead of use: blocks lie anywhere in the cache,
+// and one head's rows are strided by the other heads', which the hardware prefetchers follow late.
+static void prefetch_block(const Args* a, int32_t block, int kv_head, int64_t slot_bytes, int64_t head_bytes) {
+    const int64_t offset = (int64_t)block * a->block_size * slot_bytes + kv_head * head_bytes;
+    for (int t = 0; t < a->block_size; t++)
+        for (int64_t line = 0; line < head_bytes; line += 64) {
+            __builtin_prefetch(a->k_cache + offset + t * slot_bytes + line);
+            __builtin_prefetch(a->v_cache + offset + t * slot_bytes + line);
+        }
 }
 
 static void attend(const Args* a, int row, int kv_head) {
@@ -132,7 +81,7 @@ static void attend(const Args* a, int row, int kv_head) {
     const int elem = a->is_bf16 ? 2 : 4;
     const int64_t slot_bytes = (int64_t)a->num_kv_heads * head_dim * elem, head_bytes = (int64_t)head_dim * elem;
     const int ctx = a->ctx_lens[row];
-    const int first = a->window > 0 && ctx > a->window ? ctx - a->window : 0;
+    const int first = first_key(a, ctx);
     float q[group * head_dim], acc[group * head_dim], scores[group * MAX_BLOCK];
     float running_max[group], denom[group];
     float vb[MAX_BLOCK * MAX_HEAD_DIM], row_f32[MAX_HEAD_DIM];
@@ -147,18 +96,18 @@ static void attend(const Args* a, int row, int kv_head) {
         const int lo = start < first ? first - start : 0;
         const int hi = ctx - start < block_size ? ctx - start : block_size;
         const int first_block = start <= first;
+        const char* keys = a->k_cache + base * slot_bytes + kv_head * head_bytes;
+        if (start + block_size < ctx) prefetch_block(a, table[start / block_size + 1], kv_head, slot_bytes, head_bytes);
         for (int t = lo; t < hi; t++) {
-            load_row(row_f32, a->k_cache + (base + t) * slot_bytes + kv_head * head_bytes, head_dim, a->is_bf16);
+            load_row(row_f32, keys + t * slot_bytes, head_dim, a->is_bf16);
             for (int g = 0; g < group; g++) scores[g * MAX_BLOCK + t] = dot(q + g * head_dim, row_f32, head_dim);
         }
-        for (int t = lo; t < hi; t++)
-            load_row(vb + t * MAX_HEAD_DIM, a->v_cache + (base + t) * slot_bytes + kv_head * head_bytes, head_dim,
-                     a->is_bf16);
-        for (int g = 0; g < group; g++) {
+        for (int g = 0; g < group; g++)
             softmax_step(scores + g * MAX_BLOCK, lo, hi, running_max + g, denom + g, acc + g * head_dim, head_dim,
                          first_block);
-            accumulate_values(acc + g * head_dim, scores + g * MAX_BLOCK, vb, head_dim, lo, hi);
-        }
+        const char* values = a->v_cache + base * slot_bytes + kv_head * head_bytes;
+        for (int t = lo; t < hi; t++) load_row(vb + t * MAX_HEAD_DIM, values + t * slot_bytes, head_dim, a->is_bf16);
+        for (int g = 0; g < group; g++) accumulate_values(acc + g * head_dim, scores + g * MAX_BLOCK, vb, head_dim, lo, hi);
     }
     char* out = a->out + a->q_rows[row] * a->out_row_bytes + (int64_t)kv_head * group * head_bytes;
     for (int g = 0; g < group; g++)
@@ -175,8 +124,9 @@ int decode_attention(const void* query, int64_t q_row_stride, const int64_t* q_r
     if (head_dim > MAX_HEAD_DIM || head_dim % LANES || block_size > MAX_BLOCK) return -1;
     const int elem = is_bf16 ? 2 : 4;
     const Args a = {query, q_row_stride * elem, q_rows, k_cache, v_cache, block_tables, table_stride, ctx_lens,
-                    num_q_heads / num_kv_heads, num_kv_heads, head_dim, block_size, window, is_bf16, scale,
-                    out, out_row_stride * elem};
+                    num_rows, num_q_heads, num_q_heads / num_kv_heads, num_kv_heads, head_dim, block_size, window,
+                    is_bf16, scale, out, out_row_stride * elem};
+    if (decode_attention_bf16(&a) == 0) return 0;
 #pragma omp parallel for schedule(dynamic)
     for (int task = 0; task < num_rows * num_kv_heads; task++) attend(&a, task / num_kv_heads, task % num_kv_heads);
     return 0;

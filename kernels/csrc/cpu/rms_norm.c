@@ -6,24 +6,13 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float bf16_load(const uint16_t* p) {
-    const uint32_t bits = (uint32_t)*p << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
+#include "bf16.h"
+#include "kernels.h"
 
-static inline float bf16_round(float f) {  // to the nearest bfloat16, ties to even, as torch does
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    bits = (bits & 0x7fffffffu) > 0x7f800000u ? (bits | 0x400000u) : bits + 0x7fffu + ((bits >> 16) & 1u);
-    bits &= 0xffff0000u;
-    memcpy(&f, &bits, 4);
-    return f;
-}
+static inline float bf16_round(float f) { return bf16_to_float(bf16_from_float(f)); }
 
 static inline float load(const void* base, int64_t i, int is_bf16) {
-    return is_bf16 ? bf16_load((const uint16_t*)base + i) : ((const float*)base)[i];
+    return is_bf16 ? bf16_to_float(((const uint16_t*)base)[i]) : ((const float*)base)[i];
 }
 
 static inline void store(void* base, int64_t i, float f, int is_bf16) {  // f already rounded

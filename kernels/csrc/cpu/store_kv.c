@@ -5,6 +5,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernels.h"
+
 // Returns 0, or -1 (and writes nothing) when a slot lies past the cache's num_slots.
 int store_kv(const char* key, int64_t key_row_bytes, const char* value, int64_t value_row_bytes, char* k_cache,
              char* v_cache, const int64_t* slots, int num_tokens, int64_t slot_bytes, int64_t num_slots) {
