@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import kernels
-from engine import compute_thread, int4_crossover, lm_head
+from engine import compute_thread, cpu_decode, int4_crossover, lm_head
 from engine.block_manager import BlockManager
 from engine.completion import Completion
 from engine.detokenizer import IncrementalDetokenizer
@@ -93,6 +93,7 @@ class InferenceEngine:
         if head_weight is not None:  # where the C head beats torch's on this machine
             model.c_head_max_rows = lm_head.calibrate(head_weight)
             weights += f", C LM head up to {model.c_head_max_rows} rows"
+        weights += cpu_decode.attach(model)
         block_size = config.block_size
         num_blocks = config.num_kv_blocks or max(
             1, int(config.kv_cache_gib * 2**30) // ModelRunner.kv_bytes_per_block(model, block_size))

@@ -12,12 +12,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from engine import rope
+from engine import cpu_decode, rope
 from engine.forward_batch import ForwardBatch
 from engine.int4_linear import PACK_ROWS, Int4Linear
 from engine.loaders.int4_groups import Int4Groups
 from engine.model_config import ModelConfig
 from kernels import cpu_matmul
+from kernels.cpu_decoder import CpuDecoder
 
 
 class RMSNorm(nn.Module):
@@ -98,6 +99,8 @@ class Llama(nn.Module):
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
         self.c_head_max_rows = 0  # the head runs the C bfloat16 matmul up to this many rows (engine/lm_head.py)
+        self.cpu_decoder: CpuDecoder | None = None  # decode steps' layers in one C call (engine/cpu_decode.py)
+        self.cpu_decoder_max_rows = 0
         self.reset_rope_cache(max_model_len)
 
     def reset_rope_cache(self, max_model_len: int) -> None:
@@ -129,8 +132,12 @@ class Llama(nn.Module):
         x = self.embed_tokens(batch.input_ids)  # [T, hidden]
         cos, sin = self._rope(batch, x.dtype)  # [T, head_dim] each
         residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            x, residual = layer(x, residual, cos, sin, batch, plan, kv_cache)
+        if cpu_decode.takes(self, plan, x.shape[0]):
+            x, residual = self.cpu_decoder.forward(x, cos, sin, batch.slot_mapping, plan.decode_rows,
+                                                   plan.decode_tables, plan.decode_lens, kv_caches)
+        else:
+            for layer, kv_cache in zip(self.layers, kv_caches):
+                x, residual = layer(x, residual, cos, sin, batch, plan, kv_cache)
         rows = batch.logits_indices
         return self.norm(x[rows], residual[rows] if residual is not None else None)[0]
 

@@ -13,8 +13,6 @@ scales are rounded to it.
 from __future__ import annotations
 
 import ctypes
-import functools
-from collections.abc import Callable
 
 import torch
 
@@ -103,20 +101,9 @@ def bf16_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     return out if status == 0 else None
 
 
-def _declared(name: str, *argtypes: type) -> Callable[[], ctypes._CFuncPtr]:
-    """The library's C function `name`, looked up at first use with its argument types declared
-    once (cheaper calls than wrapping each argument)."""
-    @functools.cache
-    def function() -> ctypes._CFuncPtr:
-        found = getattr(cpu_build.library(), name)
-        found.argtypes, found.restype = list(argtypes), ctypes.c_int
-        return found
-    return function
-
-
 _POINTER, _INT, _INT64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 # (x, x_stride, rows, K, codes, params, bias, N, out, out_stride)
-_INT4_KERNEL = _declared("int4_matmul", _POINTER, _INT64, _INT, _INT, _POINTER, _POINTER, _POINTER, _INT, _POINTER,
+_INT4_KERNEL = cpu_build.declared("int4_matmul", _POINTER, _INT64, _INT, _INT, _POINTER, _POINTER, _POINTER, _INT, _POINTER,
                          _INT64)
 # (x, x_stride, rows, K, weight, N, out, out_stride)
-_BF16_KERNEL = _declared("bf16_matmul", _POINTER, _INT64, _INT, _INT, _POINTER, _INT, _POINTER, _INT64)
+_BF16_KERNEL = cpu_build.declared("bf16_matmul", _POINTER, _INT64, _INT, _INT, _POINTER, _INT, _POINTER, _INT64)

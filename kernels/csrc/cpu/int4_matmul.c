@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
+
 #define TILE 16           // output rows per tile: one float32 lane each
 #define GROUP 32          // inputs per scale and min
 #define MAX_CHUNK 16      // activation rows kept in registers at once
