@@ -3,12 +3,11 @@
 Two kernels multiply bfloat16 activations by 4-bit codes with one scale and min per 32 inputs
 (value = code * scale + min, which holds Q4_0, Q4_1 and Q4_K weights without requantizing): 5
 bits a weight instead of 16. With the CPU kernels (kernels=cpu), Forge's own C kernel
-(kernels/cpu_matmul.py), which dequantizes each weight to the bfloat16 a float copy holds and
-sums in float32 as a bfloat16 matmul does; otherwise torch's (`_weight_int4pack_mm_for_cpu`,
-scales and mins rounded to bfloat16), which turns compute-bound after a few rows. Over SmolLM2's
-layers on a 2-core AMD EPYC (Zen 4), the C kernel took 5.3 ms at one row (torch's 9.1, bfloat16
-matmuls 16.1) and 14.1 ms at 16 (31.3, 23.8). "mixed" keeps a float copy too and uses it for
-steps with more rows than the 4-bit path wins at, measured per shape at start-up
+(kernels/cpu_matmul.py), which multiplies the exact weights with bfloat16 dot products and
+float32 sums, dequantizing nothing; otherwise torch's (`_weight_int4pack_mm_for_cpu`, scales and
+mins rounded to bfloat16), which turns compute-bound after a few rows. benchmarks/cpu_matmul.py
+compares them on the machine at hand. "mixed" keeps a float copy too and uses it for steps with
+more rows than the 4-bit path wins at, measured per shape at start-up
 (engine/int4_crossover.py). Float32 and float16 activations: not taken.
 """
 

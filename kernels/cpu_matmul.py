@@ -42,8 +42,8 @@ def pack_int4(codes: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> 
 
 
 def dequantize_int4(packed: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """The packed weight as [N, K] float32: code * scale + min, each rounded to bfloat16 as the
-    kernel rounds it before its dot products."""
+    """The packed weight as [N, K] float32: code * scale + min (the kernel multiplies these exact
+    values; a float copy in bfloat16 rounds them)."""
     tiles, pairs, _ = packed.shape
     nibbles = torch.stack([packed & 0x0F, packed >> 4], dim=2)  # [tiles, pairs, half, 16]
     codes = nibbles.view(tiles, pairs, 2, TILE // 2, 2).permute(0, 2, 3, 1, 4)  # [tiles, half, 8, pairs, 2]
@@ -51,7 +51,7 @@ def dequantize_int4(packed: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     halves = params.view(torch.float16).float()  # [tiles, groups, 2, 16]
     scales, mins = (halves[:, :, i].permute(0, 2, 1).reshape(tiles * TILE, -1) for i in range(2))  # [N, K/32]
     values = torch.addcmul(mins.repeat_interleave(GROUP, 1), codes, scales.repeat_interleave(GROUP, 1))
-    return values.bfloat16().float()
+    return values
 
 
 def reference_int4_matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
@@ -83,7 +83,7 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
     status = _INT4_KERNEL()(x.data_ptr(), x.stride(0), x.shape[0], k, packed.data_ptr(), params.data_ptr(),
                        None if bias is None else bias.data_ptr(), n, out.data_ptr(), n)
     if status != 0:
-        raise MemoryError("int4 matmul could not allocate its per-thread tile buffer")
+        raise MemoryError("int4 matmul could not allocate its group sums")
     return out
 
 
