@@ -4,6 +4,8 @@ FROM python:3.12-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 CUPY_CACHE_DIR=/cache/cupy
 WORKDIR /opt/forge
+# A C compiler builds the CPU kernels (kernels/csrc/cpu) at first use; without one they fall back to torch's ops.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY engine ./engine

@@ -6,7 +6,8 @@ and runs two batched matmuls, which at 16 rows cost more than the model's attent
 RMSNorm with its residual add runs as one C pass (kernels/csrc/cpu/rms_norm.c) where the reference
 runs about ten torch ops a call, twice a layer, and KV writes as one call (kernels/csrc/cpu/store_kv.c)
 instead of a mask, a host sync and two index copies. Prefill chunks and sampling are the
-reference's own code.
+reference's own code. Decode steps of bfloat16 models with 4-bit layers skip these wrappers: the
+C decoder (kernels/cpu_decoder.py) runs all their layers in one call.
 """
 
 from __future__ import annotations
