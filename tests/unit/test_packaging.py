@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import pathlib
 
 import engine
@@ -44,3 +46,16 @@ def test_auto_kernels_fall_back_to_the_reference_where_cuda_kernels_do_not_cover
     assert kernels.load("auto", "cuda", ("bfloat16", 80, 16)) is ref  # no head_dim 80 kernel
     with pytest.raises(ValueError, match="head_dim=80"):
         kernels.load("cuda", "cuda", ("bfloat16", 80, 16))
+
+
+def test_every_kernel_source_is_packaged():
+    """A wheel carries kernels/csrc only through package-data: a source or header left out of it
+    builds in the checkout and fails in an installed copy (the Docker image)."""
+    data_line = next(line for line in (REPO / "pyproject.toml").read_text().splitlines()
+                     if line.startswith("kernels = ["))  # [tool.setuptools.package-data] (no tomllib on 3.10)
+    patterns = json.loads(data_line.split("=", 1)[1])
+    kernels_dir = REPO / "kernels"
+    sources = [p.relative_to(kernels_dir).as_posix() for p in (kernels_dir / "csrc").rglob("*") if p.is_file()]
+    assert sources
+    left_out = [s for s in sources if not any(fnmatch.fnmatch(s, pattern) for pattern in patterns)]
+    assert not left_out, f"pyproject.toml's package-data misses {left_out}"
