@@ -93,6 +93,8 @@ class InferenceEngine:
         if head_weight is not None:  # where the C head beats torch's on this machine
             model.c_head_max_rows = lm_head.calibrate(head_weight)
             weights += f", C LM head up to {model.c_head_max_rows} rows"
+            if lm_head.stored_quantized(model, checkpoint.quantized_weights):
+                weights += lm_head.attach_int8(model, head_weight)
         weights += cpu_decode.attach(model)
         block_size = config.block_size
         num_blocks = config.num_kv_blocks or max(

@@ -99,6 +99,8 @@ class Llama(nn.Module):
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
         self.c_head_max_rows = 0  # the head runs the C bfloat16 matmul up to this many rows (engine/lm_head.py)
+        self.int8_head: tuple[torch.Tensor, torch.Tensor] | None = None  # packed 8-bit copy (engine/lm_head.py)
+        self.int8_head_max_rows = 0
         self.cpu_decoder: CpuDecoder | None = None  # decode steps' layers in one C call (engine/cpu_decode.py)
         self.cpu_decoder_max_rows = 0
         self.reset_rope_cache(max_model_len)
@@ -143,6 +145,10 @@ class Llama(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[num_sampled, hidden] -> [num_sampled, vocab] float32."""
+        if hidden.shape[0] <= self.int8_head_max_rows:
+            logits = cpu_matmul.int8_matmul(hidden, *self.int8_head)  # [num_sampled, vocab] bfloat16
+            if logits is not None:
+                return logits.float()
         if hidden.shape[0] <= self.c_head_max_rows:
             weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
             logits = cpu_matmul.bf16_matmul(hidden, weight)  # [num_sampled, vocab] bfloat16

@@ -1,5 +1,8 @@
-"""Where the C bfloat16 matmul (kernels/cpu_matmul.py) beats torch's for the LM head, measured at
-start-up.
+"""Where the C matmuls (kernels/cpu_matmul.py) beat torch's for the LM head, measured at start-up.
+
+Where the checkpoint stores the head quantized (a GGUF's Q8_0 embedding, say), an 8-bit copy in
+int8_matmul's packing multiplies few rows: Q8_0 comes back as stored, and each step streams half
+the bytes of the bfloat16 copy (which stays: the embedding lookup and bigger steps use it).
 
 On few rows torch's bfloat16 matmul streams the weight at a fraction of the memory bandwidth (the
 head of SmolLM2, 49,152 x 576: 6.1 ms at one row against the C kernel's 1.4 ms on a 2-core AMD
@@ -45,3 +48,29 @@ def calibrate(weight: torch.Tensor) -> int:
         best = rows
     return best
 
+
+def stored_quantized(model: nn.Module, quantized_names: frozenset[str]) -> bool:
+    """Whether the checkpoint holds the head (or the embedding it is tied to) at 8 bits or fewer."""
+    return ("model.embed_tokens.weight" if model.lm_head is None else "lm_head.weight") in quantized_names
+
+
+@torch.inference_mode()
+def attach_int8(model: nn.Module, weight: torch.Tensor) -> str:
+    """Pack an 8-bit copy of the head and use it up to the row count where it beats both other
+    kernels at every count; returns the words for the engine's description ("" when it never does)."""
+    codes, scales = cpu_matmul.pack_int8(weight)
+    if cpu_matmul.int8_matmul(torch.zeros(1, weight.shape[1], dtype=weight.dtype), codes, scales) is None:
+        return ""
+    best = 0
+    for rows in ROW_COUNTS:
+        x = torch.randn(rows, weight.shape[1]).to(weight.dtype)  # [rows, hidden]
+        others = [best_of(lambda x=x: nn.functional.linear(x, weight))]
+        if rows <= model.c_head_max_rows:
+            others.append(best_of(lambda x=x: cpu_matmul.bf16_matmul(x, weight)))
+        if best_of(lambda x=x: cpu_matmul.int8_matmul(x, codes, scales)) > min(others):
+            break
+        best = rows
+    if best == 0:
+        return ""
+    model.int8_head, model.int8_head_max_rows = (codes, scales), best
+    return f", 8-bit LM head up to {best} rows"

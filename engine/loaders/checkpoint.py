@@ -25,3 +25,4 @@ class Checkpoint:
     tokenizer: Tokenizer | None  # None: random weights, no vocabulary
     description: str  # what was loaded, for the start-up log line
     int4_weights: frozenset[str] = frozenset()  # HF names the stream yields as Int4Groups
+    quantized_weights: frozenset[str] = frozenset()  # HF names the file stores at 8 bits a value or fewer

@@ -135,6 +135,7 @@ _BLOCK_FORMATS: dict[QType, tuple[int, int, Callable[[torch.Tensor], torch.Tenso
 }
 _PLAIN_FORMATS = {QType.F32: torch.float32, QType.F16: torch.float16, QType.BF16: torch.bfloat16}
 SUPPORTED_TYPES = tuple(sorted((*_PLAIN_FORMATS, *_BLOCK_FORMATS), key=int))
+BLOCK_TYPES = tuple(_BLOCK_FORMATS)  # quantized formats: 8 bits a value or fewer
 
 
 def dequantize(data: np.ndarray, qtype: QType, shape: tuple[int, ...]) -> torch.Tensor:

@@ -53,7 +53,7 @@ def load_gguf(path: str) -> Checkpoint:
     description = (f"{meta.get('general.name', os.path.basename(path))} ({config.architecture}, "
                    f"{config.num_params / 1e6:.0f}M params, GGUF {'+'.join(types)}, {size_mib:.0f} MiB)")
     return Checkpoint(config, lambda: _weights(gguf_file, config, arch), tokenizer, description,
-                      int4_weights=_int4_names(gguf_file, arch))
+                      int4_weights=_int4_names(gguf_file, arch), quantized_weights=_quantized_names(gguf_file, arch))
 
 
 def _rope_factors(gguf_file: GGUFFile) -> dict[str, list[float]]:
@@ -94,6 +94,12 @@ def _hf_name(gguf_name: str, arch: str) -> str | None:
 def _int4_names(gguf_file: GGUFFile, arch: str) -> frozenset[str]:
     """HF names of the matrices the weight stream hands over as Int4Groups."""
     names = (_hf_name(t.name, arch) for t in gguf_file.tensors if _is_int4_matrix(t.qtype, t.shape))
+    return frozenset(name for name in names if name)
+
+
+def _quantized_names(gguf_file: GGUFFile, arch: str) -> frozenset[str]:
+    """HF names of the tensors stored in a block-quantized format (Q8_0 and below)."""
+    names = (_hf_name(t.name, arch) for t in gguf_file.tensors if t.qtype in gguf_dequant.BLOCK_TYPES)
     return frozenset(name for name in names if name)
 
 

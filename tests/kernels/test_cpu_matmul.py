@@ -130,3 +130,39 @@ def test_the_head_uses_the_c_kernel_up_to_its_calibrated_rows():
     assert rows in (0, *lm_head.ROW_COUNTS)
     model.lm_head = torch.nn.Linear(64, 320, bias=True).to(torch.bfloat16)
     assert lm_head.plain_weight(model) is None  # a bias: torch's linear
+
+
+def _q8_0_weight(n: int, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight as GGUF's Q8_0 stores it: codes [N, K] in -127..127, each group's largest magnitude
+    127, times a float16 scale [N, K/32]. Returns (codes, scales)."""
+    codes = torch.randint(-127, 128, (n, k), generator=generator)
+    codes.view(n, k // 32, 32)[..., 0] = 127 * torch.where(torch.rand(n, k // 32, generator=generator) < 0.5, 1, -1)
+    scales = (torch.rand(n, k // 32, generator=generator) * 1e-3 + 1e-4).half()
+    return codes, scales
+
+
+def test_int8_packing_gives_a_q8_0_weight_back_as_stored():
+    generator = torch.Generator().manual_seed(0)
+    codes, scales = _q8_0_weight(32, 96, generator)
+    weight = codes.float() * scales.float().repeat_interleave(32, 1)  # [32, 96], what the file dequantizes to
+    packed, packed_scales = cpu_matmul.pack_int8(weight)
+    assert packed.shape == (2, 48, 32) and packed_scales.shape == (2, 3, 16)
+    assert torch.equal(cpu_matmul.dequantize_int8(packed, packed_scales), weight)
+    with pytest.raises(ValueError, match="N a multiple of 16"):
+        cpu_matmul.pack_int8(torch.zeros(24, 64))
+
+
+@pytest.mark.skipif(not cpu_matmul.available(), reason="no AVX-512 BF16: the caller keeps the bfloat16 head")
+@pytest.mark.parametrize("rows", [1, 7, 16, 17, 40])
+def test_int8_matmul_matches_float64(rows):
+    generator = torch.Generator().manual_seed(rows)
+    codes, scales = _q8_0_weight(64, 160, generator)
+    weight = codes.double() * scales.double().repeat_interleave(32, 1)  # [64, 160]
+    packed, packed_scales = cpu_matmul.pack_int8(weight.float())
+    x = torch.randn(rows, 200, generator=generator).bfloat16()[:, :160]  # [rows, 160], rows 200 apart
+    got = cpu_matmul.int8_matmul(x, packed, packed_scales)  # [rows, 64]
+    expected = x.double() @ weight.t()
+    assert got.shape == (rows, 64) and got.dtype == torch.bfloat16
+    assert (got.double() - expected).abs().max() <= 2 ** -8 * expected.abs().max()  # one bfloat16 rounding
+    with pytest.raises(ValueError, match=r"x \[T, 160\] bfloat16"):
+        cpu_matmul.int8_matmul(x.float(), packed, packed_scales)
