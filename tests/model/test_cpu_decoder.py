@@ -23,12 +23,12 @@ def int4_engine(gguf_path):
     return InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16", quantized_weights="int4")
 
 
-def test_a_4_bit_bfloat16_model_on_the_cpu_kernels_decodes_through_c(int4_engine, gguf_path):
+def test_a_4_bit_bfloat16_model_on_the_cpu_kernels_decodes_through_c(int4_engine, smollm2):
     model = int4_engine.core.runner.model
     assert model.cpu_decoder is not None and model.cpu_decoder_max_rows == cpu_decode.NO_ROW_LIMIT
     assert ", C decoder, " in int4_engine.description
-    reference = InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16", quantized_weights="int4", kernels="ref")
-    assert reference.core.runner.model.cpu_decoder is None  # torch's int4 kernel: nothing for C to string together
+    float32_model = smollm2.core.runner.model  # the session's float32 engine: nothing 4-bit, no C decoder
+    assert float32_model.cpu_decoder is None and cpu_decode.build(float32_model) is None
 
 
 @pytest.mark.slow
@@ -85,7 +85,7 @@ def test_steps_the_c_decoder_leaves_to_the_layer_by_layer_path(int4_engine):
         model.cpu_decoder_max_rows = limit
 
 
-def test_a_q8_0_head_is_multiplied_8_bit_up_to_its_calibrated_rows(int4_engine, gguf_path):
+def test_a_q8_0_head_is_multiplied_8_bit_up_to_its_calibrated_rows(int4_engine, smollm2):
     """The embedded GGUF stores the (tied) embedding as Q8_0: the head gets an 8-bit copy, used
     up to the rows where it wins; its logits are the stored Q8_0 weights' within bfloat16 rounding."""
     from kernels import cpu_matmul
@@ -101,5 +101,4 @@ def test_a_q8_0_head_is_multiplied_8_bit_up_to_its_calibrated_rows(int4_engine, 
     # the 8-bit copy is the bfloat16 embedding's values to within that copy's own rounding
     embedding = model.embed_tokens.weight.double()
     assert (weight - embedding).abs().max() <= 2 ** -8 * embedding.abs().max()
-    float_engine = InferenceEngine.from_pretrained(gguf_path, dtype="float32")
-    assert float_engine.core.runner.model.int8_head is None  # float32: no C matmuls
+    assert smollm2.core.runner.model.int8_head is None  # float32: the head stays float32
