@@ -91,10 +91,11 @@ class InferenceEngine:
             weights += f" (4-bit up to {min(int4_crossover.calibrate(model).values())} rows)"
         head_weight = lm_head.plain_weight(model) if ops.C_MATMULS else None
         if head_weight is not None:  # where the C head beats torch's on this machine
-            model.c_head_max_rows = lm_head.calibrate(head_weight)
+            timings: lm_head.Timings = {}  # each head kernel timed once for both choices
+            model.c_head_max_rows = lm_head.calibrate(head_weight, timings)
             weights += f", C LM head up to {model.c_head_max_rows} rows"
             if lm_head.stored_quantized(model, checkpoint.quantized_weights):
-                weights += lm_head.attach_int8(model, head_weight)
+                weights += lm_head.attach_int8(model, head_weight, timings)
         weights += cpu_decode.attach(model)
         block_size = config.block_size
         num_blocks = config.num_kv_blocks or max(

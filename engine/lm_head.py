@@ -12,6 +12,9 @@ the CPU, so both are timed on the model's own head at growing row counts.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -34,19 +37,18 @@ def plain_weight(model: nn.Module) -> torch.Tensor | None:
     return weight if weight.dtype == torch.bfloat16 and weight.is_contiguous() else None
 
 
+Kernel = Callable[[torch.Tensor], object]  # [rows, hidden] -> logits
+Timings = dict[tuple[str, int], float]  # (kernel name, rows) -> seconds, each taken once at start-up
+
+
 @torch.inference_mode()
-def calibrate(weight: torch.Tensor) -> int:
-    """The largest row count up to which the C kernel was at least as fast at every count (0: never)."""
+def calibrate(weight: torch.Tensor, timings: Timings | None = None) -> int:
+    """The largest row count up to which the C kernel was at least as fast as torch's at every
+    count (0: never). The times taken stay in `timings`, if given, for attach_int8."""
     if cpu_matmul.bf16_matmul(torch.zeros(1, weight.shape[1], dtype=weight.dtype), weight) is None:
         return 0  # not a shape or CPU the kernel takes
-    best = 0
-    for rows in ROW_COUNTS:
-        x = torch.randn(rows, weight.shape[1]).to(weight.dtype)  # [rows, hidden]
-        c_kernel = best_of(lambda x=x: cpu_matmul.bf16_matmul(x, weight))
-        if c_kernel > best_of(lambda x=x: nn.functional.linear(x, weight)):
-            break
-        best = rows
-    return best
+    return _rows_won(weight, ("c", functools.partial(cpu_matmul.bf16_matmul, weight=weight)),
+                     [_torch_linear(weight)], {} if timings is None else timings)
 
 
 def stored_quantized(model: nn.Module, quantized_names: frozenset[str]) -> bool:
@@ -55,22 +57,40 @@ def stored_quantized(model: nn.Module, quantized_names: frozenset[str]) -> bool:
 
 
 @torch.inference_mode()
-def attach_int8(model: nn.Module, weight: torch.Tensor) -> str:
+def attach_int8(model: nn.Module, weight: torch.Tensor, timings: Timings | None = None) -> str:
     """Pack an 8-bit copy of the head and use it up to the row count where it beats both other
-    kernels at every count; returns the words for the engine's description ("" when it never does)."""
+    kernels at every count (their times from calibrate's `timings` where it took them); returns
+    the words for the engine's description ("" when it never wins)."""
     codes, scales = cpu_matmul.pack_int8(weight)
     if cpu_matmul.int8_matmul(torch.zeros(1, weight.shape[1], dtype=weight.dtype), codes, scales) is None:
         return ""
-    best = 0
-    for rows in ROW_COUNTS:
-        x = torch.randn(rows, weight.shape[1]).to(weight.dtype)  # [rows, hidden]
-        others = [best_of(lambda x=x: nn.functional.linear(x, weight))]
-        if rows <= model.c_head_max_rows:
-            others.append(best_of(lambda x=x: cpu_matmul.bf16_matmul(x, weight)))
-        if best_of(lambda x=x: cpu_matmul.int8_matmul(x, codes, scales)) > min(others):
-            break
-        best = rows
+    c_kernel = ("c", functools.partial(cpu_matmul.bf16_matmul, weight=weight), model.c_head_max_rows)
+    best = _rows_won(weight, ("int8", functools.partial(cpu_matmul.int8_matmul, codes=codes, scales=scales)),
+                     [_torch_linear(weight), c_kernel], {} if timings is None else timings)
     if best == 0:
         return ""
     model.int8_head, model.int8_head_max_rows = (codes, scales), best
     return f", 8-bit LM head up to {best} rows"
+
+
+def _torch_linear(weight: torch.Tensor) -> tuple[str, Kernel, int]:
+    return "torch", functools.partial(nn.functional.linear, weight=weight), ROW_COUNTS[-1]
+
+
+def _rows_won(weight: torch.Tensor, candidate: tuple[str, Kernel], rivals: list[tuple[str, Kernel, int]],
+              timings: Timings) -> int:
+    """The largest row count up to which `candidate` (name, kernel) was at least as fast, at every
+    count, as each rival (name, kernel, up to how many rows it runs) (0: never)."""
+    def seconds(name: str, kernel: Kernel, x: torch.Tensor) -> float:
+        if (name, x.shape[0]) not in timings:
+            timings[name, x.shape[0]] = best_of(functools.partial(kernel, x))
+        return timings[name, x.shape[0]]
+
+    best = 0
+    for rows in ROW_COUNTS:
+        x = torch.randn(rows, weight.shape[1]).to(weight.dtype)  # [rows, hidden]
+        fastest = min(seconds(name, kernel, x) for name, kernel, max_rows in rivals if rows <= max_rows)
+        if seconds(*candidate, x) > fastest:
+            break
+        best = rows
+    return best

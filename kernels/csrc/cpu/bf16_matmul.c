@@ -3,7 +3,9 @@
 // each output's lanes are summed once at the end (K/32 dot products per sum). Rows are taken up to
 // 16 at a time per block of output rows, which then stays in cache for the next 16.
 #include <stdint.h>
-#include <string.h>
+
+#include "bf16.h"
+#include "kernels.h"
 
 #define GROUP 32          // inputs per dot-product step: one 512-bit register of bfloat16
 #define MAX_CHUNK 16      // activation rows kept in registers at once
@@ -25,10 +27,7 @@ static inline __attribute__((always_inline)) void row_major_rows(
     }
 #pragma GCC unroll 16
     for (int r = 0; r < ROWS; r++) {
-        const float total = _mm512_reduce_add_ps(sum[r]);
-        uint32_t bits;
-        memcpy(&bits, &total, 4);  // to bfloat16, nearest even (finite sums: NaN is not rounded here)
-        out[r * out_stride] = (uint16_t)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+        out[r * out_stride] = bf16_from_float(_mm512_reduce_add_ps(sum[r]));
     }
 }
 

@@ -3,8 +3,8 @@
 // no gathered copies. Where the build has AVX-512 BF16, bfloat16 rows go to decode_attention_bf16.c;
 // here, the portable path: one task per (row, kv head), its group of query heads sharing every key
 // and value load, each row converted to float32. The torch reference (kernels/ref.py) is the spec;
-// tests compare the two. Built without -ffast-math: a shared library
-// built with it may switch the whole process (torch included) to flush denormals to zero.
+// tests compare the two. Built without -ffast-math: a shared library built with it may switch the
+// whole process (torch included) to flush denormals to zero.
 #include <stdint.h>
 #include <string.h>
 
@@ -19,8 +19,6 @@ static void load_row(float* dst, const void* src, int n, int is_bf16) {
         memcpy(dst, src, (size_t)n * 4);
     }
 }
-
-
 
 
 // Sixteen floats as one value: GCC lowers it to one 512-bit register, or two 256-bit ones.
@@ -62,7 +60,6 @@ static void accumulate_values(float* acc, const float* weights, const float* vb,
         memcpy(acc + d0, &sum, sizeof(sum));
     }
 }
-
 
 
 // Asks for a block's keys and values of one KV head ahead of use: blocks lie anywhere in the cache,

@@ -38,18 +38,6 @@ static inline __m512bh biased_codes(const uint8_t* codes) {
     return (__m512bh)_mm512_or_si512(_mm512_cvtepu8_epi16(nibbles), _mm512_set1_epi16(0x4300));
 }
 
-static inline __m512bh input_pair(const uint16_t* x_row, int k) {
-    uint32_t pair;
-    memcpy(&pair, x_row + k, 4);
-    return (__m512bh)_mm512_set1_epi32((int)pair);
-}
-
-static inline void store_rows(__m512 sum, const uint16_t* bias, uint16_t* out_row) {
-    if (bias) sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)bias)), 16)));
-    _mm256_storeu_si256((__m256i*)out_row, (__m256i)_mm512_cvtneps_pbh(sum));
-}
-
 // ROWS activation rows (a constant after inlining: the sums stay in registers) against one tile;
 // x_sums [ROWS][K/32] the rows' group sums.
 static inline __attribute__((always_inline)) void tile_rows(
@@ -70,7 +58,7 @@ static inline __attribute__((always_inline)) void tile_rows(
         for (int p = g * GROUP / 2; p < (g + 1) * GROUP / 2; p++) {
             const __m512bh w = biased_codes(codes + (int64_t)p * TILE);
 #pragma GCC unroll 16
-            for (int r = 0; r < ROWS; r++) dot[r] = _mm512_dpbf16_ps(dot[r], w, input_pair(x + r * x_stride, 2 * p));
+            for (int r = 0; r < ROWS; r++) dot[r] = _mm512_dpbf16_ps(dot[r], w, bf16_pair_lanes(x + r * x_stride, 2 * p));
         }
 #pragma GCC unroll 16
         for (int r = 0; r < ROWS; r++)
@@ -78,7 +66,7 @@ static inline __attribute__((always_inline)) void tile_rows(
                                      _mm512_fmadd_ps(dot[r], scale, sum[r]));
     }
 #pragma GCC unroll 16
-    for (int r = 0; r < ROWS; r++) store_rows(sum[r], bias, out + r * out_stride);
+    for (int r = 0; r < ROWS; r++) store_bf16_lanes(sum[r], bias, out + r * out_stride);
 }
 
 #define CASE(n) case n: tile_rows(n, x, x_stride, K, codes, params, x_sums, bias, out, out_stride); break;

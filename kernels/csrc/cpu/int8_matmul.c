@@ -11,8 +11,8 @@
 //   codes  [K/2][32] int8: for input pair p, byte j is row j/2, input 2p + j%2;
 //   scales [K/32][16] float16: per group, the 16 rows' scales.
 #include <stdint.h>
-#include <string.h>
 
+#include "bf16.h"
 #include "kernels.h"
 
 #define TILE 16
@@ -44,18 +44,13 @@ static inline __attribute__((always_inline)) void tile_rows(const int ROWS, cons
         for (int p = g * GROUP / 2; p < (g + 1) * GROUP / 2; p++) {
             const __m512bh w = codes_of_pair(codes + (int64_t)p * 2 * TILE);
 #pragma GCC unroll 16
-            for (int r = 0; r < ROWS; r++) {
-                uint32_t pair;
-                memcpy(&pair, x + r * x_stride + 2 * p, 4);
-                dot[r] = _mm512_dpbf16_ps(dot[r], w, (__m512bh)_mm512_set1_epi32((int)pair));
-            }
+            for (int r = 0; r < ROWS; r++) dot[r] = _mm512_dpbf16_ps(dot[r], w, bf16_pair_lanes(x + r * x_stride, 2 * p));
         }
 #pragma GCC unroll 16
         for (int r = 0; r < ROWS; r++) sum[r] = _mm512_fmadd_ps(dot[r], scale, sum[r]);
     }
 #pragma GCC unroll 16
-    for (int r = 0; r < ROWS; r++)
-        _mm256_storeu_si256((__m256i*)(out + r * out_stride), (__m256i)_mm512_cvtneps_pbh(sum[r]));
+    for (int r = 0; r < ROWS; r++) store_bf16_lanes(sum[r], NULL, out + r * out_stride);
 }
 
 #define CASE(n) case n: tile_rows(n, x, x_stride, K, codes, scales, out, out_stride); break;

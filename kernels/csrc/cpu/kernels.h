@@ -4,6 +4,9 @@
 #define FORGE_KERNELS_H
 #include <stdint.h>
 
+int bf16_matmul(const uint16_t* x, int64_t x_stride, int rows, int K, const uint16_t* w, int N, uint16_t* out,
+                int64_t out_stride);
+
 int decode_attention(const void* query, int64_t q_row_stride, const int64_t* q_rows, const void* k_cache,
                      const void* v_cache, const int32_t* block_tables, int64_t table_stride,
                      const int32_t* ctx_lens, int num_rows, int num_q_heads, int num_kv_heads, int head_dim,
