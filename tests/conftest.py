@@ -27,6 +27,15 @@ def smollm2(gguf_path: str):
 
 
 @pytest.fixture(scope="session")
+def smollm2_int4_bf16(gguf_path: str):
+    """The embedded GGUF in bfloat16 with every 4-bit layer kept 4-bit (no float copy): shared by
+    the 4-bit weight tests and the C decoder's."""
+    from engine import InferenceEngine
+
+    return InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16", quantized_weights="int4")
+
+
+@pytest.fixture(scope="session")
 def hf_smollm2(gguf_path: str):
     """(model, tokenizer) from transformers loading the very same GGUF, float32."""
     import torch

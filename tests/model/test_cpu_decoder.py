@@ -9,7 +9,7 @@ import types
 import pytest
 import torch
 
-from engine import InferenceEngine, SamplingParams, cpu_decode
+from engine import SamplingParams, cpu_decode
 from kernels import cpu_matmul
 
 pytestmark = pytest.mark.skipif(not cpu_matmul.available(), reason="no C compiler, or no AVX-512 BF16")
@@ -18,9 +18,9 @@ BF16_TIE_MARGIN = 0.25  # as tests/model/test_int4_weights.py: bfloat16 activati
 
 
 @pytest.fixture(scope="module")
-def int4_engine(gguf_path):
+def int4_engine(smollm2_int4_bf16):
     """bfloat16, every layer 4-bit (no float copy, so no row limit): the C decoder's model."""
-    return InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16", quantized_weights="int4")
+    return smollm2_int4_bf16
 
 
 def test_a_4_bit_bfloat16_model_on_the_cpu_kernels_decodes_through_c(int4_engine, smollm2):

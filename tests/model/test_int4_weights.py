@@ -148,9 +148,10 @@ def test_without_torch_s_int4_kernel_auto_dequantizes_and_int4_is_refused(monkey
 
 
 @pytest.fixture(scope="module")
-def bf16_engines(gguf_path):
-    return {fmt: InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16", quantized_weights=fmt)
-            for fmt in ("float", "int4", "mixed")}
+def bf16_engines(gguf_path, smollm2_int4_bf16):
+    return {"int4": smollm2_int4_bf16, **{fmt: InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16",
+                                                                                quantized_weights=fmt)
+                                          for fmt in ("float", "mixed")}}
 
 
 def test_int4_keeps_every_q4_1_layer_at_5_bits_a_weight(bf16_engines):
