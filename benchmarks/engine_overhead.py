@@ -16,7 +16,9 @@ timed is everything else, on the real code paths, in steady decode with N reques
   publish     EngineLoop._publish: one TokenDeltas for the worker, msgspec-encoded (not sent)
   detokenize  the worker: TokenDeltas decoded, each request's TextStream pushed, TextDeltas encoded
 
-Prints microseconds per step for each part, and the total.
+Prints microseconds per step for each part, the engine's own (all but detokenize, which runs in
+the worker processes, beside the engine), and the total: each the median over chunks of steps,
+since a shared machine's noise lands on single chunks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import statistics
 import sys
 import time
 from collections import defaultdict
@@ -46,6 +49,7 @@ from shared.config import EngineConfig
 from shared.messages import EngineReady, TokenDeltas
 
 PROMPT_LEN = 32
+CHUNK_STEPS = 25  # parts are timed over chunks of this many steps; the median chunk is reported
 FIXED_VOCAB = 256  # logits columns: the byte tokens of the embedded tokenizer
 TINY = ModelConfig(architecture="LlamaForCausalLM", vocab_size=49152, hidden_size=64, intermediate_size=128,
                    num_layers=1, num_heads=2, num_kv_heads=1, head_dim=32, rms_norm_eps=1e-5,
@@ -116,14 +120,21 @@ def measure(num_running: int, steps: int) -> dict[str, float]:
         worker.active[rid] = _Active(TextStream(tokenizer, []), "")
     while engine.core.scheduler.waiting or any(r.num_output_tokens == 0 for r in engine.core.scheduler.running):
         loop._publish(engine.core.step())  # prefill: not measured
+    chunks = [_timed_chunk(engine, loop, worker, timings, encoded, decoder, CHUNK_STEPS)
+              for _ in range(max(1, steps // CHUNK_STEPS))]
+    return {name: statistics.median(chunk[name] for chunk in chunks) for name in chunks[0]}
+
+
+def _timed_chunk(engine, loop, worker, timings, encoded, decoder, steps: int) -> dict[str, float]:
+    """Microseconds per step of each part over `steps` steady decode steps."""
     timings.seconds.clear()
     publish, detokenize, total = 0.0, 0.0, 0.0
     for _ in range(steps):
         encoded.clear()
         start = time.perf_counter()
-        deltas = engine.core.step()
+        output = engine.core.step()
         stepped = time.perf_counter()
-        loop._publish(deltas)
+        loop._publish(output)
         published = time.perf_counter()
         for message in encoded:
             worker._on_tokens(decoder.decode(message))
@@ -131,18 +142,19 @@ def measure(num_running: int, steps: int) -> dict[str, float]:
         publish += published - stepped
         detokenize += done - published
         total += done - start
-    parts = {name: seconds for name, seconds in timings.seconds.items()}
+    parts = dict(timings.seconds)
     parts["update"] = total - publish - detokenize - sum(parts.values())
     parts["publish"], parts["detokenize"], parts["total"] = publish, detokenize, total
+    parts["engine"] = total - detokenize
     return {name: 1e6 * seconds / steps for name, seconds in parts.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--running", type=int, nargs="+", default=[1, 64, 256, 1024])
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
-    names = ("schedule", "prepare", "sample", "update", "publish", "detokenize", "total")
+    names = ("schedule", "prepare", "sample", "update", "publish", "engine", "detokenize", "total")
     print(f"# engine host time per decode step, microseconds; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print("| running | " + " | ".join(names) + " |")

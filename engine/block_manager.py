@@ -21,6 +21,8 @@ class BlockOwner(Protocol):
     token_ids: list[int]
     block_ids: list[int]
     num_computed_tokens: int
+    num_hashed_blocks: int  # leading blocks already registered (or found) in the prefix cache
+    hashed_parent: BlockKey | None  # the key of the last of them: the next block's parent
 
 
 class BlockManager:
@@ -68,12 +70,25 @@ class BlockManager:
             parent = key
         return hits
 
+    def needing_allocation(self, owners: list[BlockOwner], num_new_tokens: list[int]) -> list[int]:
+        """Indices of the owners for which allocate(owner, num_new_tokens[i]) has work: a block
+        to add, or (prefix caching) a block to register. allocate is a no-op for the others."""
+        size = self.block_size
+        if not self.enable_prefix_caching:
+            return [i for i, (o, n) in enumerate(zip(owners, num_new_tokens))
+                    if o.num_computed_tokens + n > len(o.block_ids) * size]
+        return [i for i, (o, n) in enumerate(zip(owners, num_new_tokens))
+                if o.num_computed_tokens + n > len(o.block_ids) * size
+                or min(o.num_computed_tokens + n, len(o.token_ids)) // size > o.num_hashed_blocks]
+
     # --- mutations ------------------------------------------------------------------------------
     def allocate(self, owner: BlockOwner, num_new_tokens: int, cached_blocks: list[int] = ()) -> bool:
         """Give `owner` blocks for `cached_blocks` (a prefix hit, taken as computed) plus
         `num_new_tokens` more tokens. Returns False, changing nothing, if blocks are short."""
         num_computed = owner.num_computed_tokens + len(cached_blocks) * self.block_size
         num_needed = self.num_blocks_for(num_computed + num_new_tokens) - len(owner.block_ids)
+        if num_needed <= 0 and not cached_blocks and not self.enable_prefix_caching:
+            return True  # most decode steps: the last block has room, nothing to hash
         num_needed -= len(cached_blocks)
         num_revived = sum(1 for b in cached_blocks if self.ref_counts[b] == 0)  # leave the free queue
         if max(num_needed, 0) + num_revived > len(self.free_queue):
@@ -96,6 +111,7 @@ class BlockManager:
             if self.ref_counts[block_id] == 0:
                 self.free_queue[block_id] = None
         owner.block_ids = []
+        owner.num_hashed_blocks, owner.hashed_parent = 0, None
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix (blocks in use keep their data but are no longer shared)."""
@@ -112,11 +128,13 @@ class BlockManager:
         return block_id
 
     def _cache_full_blocks(self, owner: BlockOwner, num_tokens: int) -> None:
-        """Register every block of `owner` that `num_tokens` known tokens fill completely."""
+        """Register every block of `owner` that `num_tokens` known tokens fill completely, from the
+        first not registered yet (a decode step fills at most one)."""
         if not self.enable_prefix_caching:
             return
-        parent: BlockKey | None = None
-        for index in range(min(num_tokens, len(owner.token_ids)) // self.block_size):
+        num_full = min(num_tokens, len(owner.token_ids)) // self.block_size
+        parent = owner.hashed_parent
+        for index in range(owner.num_hashed_blocks, num_full):
             block_id = owner.block_ids[index]
             key = self.block_keys[block_id]
             if key is None:
@@ -126,6 +144,8 @@ class BlockManager:
                     self.cached[key] = block_id
                     self.block_keys[block_id] = key
             parent = key
+        if num_full > owner.num_hashed_blocks:
+            owner.num_hashed_blocks, owner.hashed_parent = num_full, parent
 
     # --- tests ----------------------------------------------------------------------------------
     def check_invariants(self, owners: list[BlockOwner] = ()) -> None:

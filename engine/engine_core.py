@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
 from engine.model_runner import ModelRunner
 from engine.request import Request
 from engine.scheduler import Scheduler
-from shared.messages import FinishReason, SamplingParams, TokenLogprob
-
-
-@dataclasses.dataclass
-class RequestDelta:
-    """What one request gained in one step."""
-
-    rid: int
-    new_token_ids: list[int]
-    new_logprobs: list[TokenLogprob]
-    finish_reason: FinishReason  # NONE while running
-    request: Request  # for counts (prompt, cached) and the error text of a failed request
+from engine.step_output import NO_LOGPROBS, StepOutput
+from shared.messages import SamplingParams, TokenLogprob
 
 
 class EngineCore:
@@ -45,22 +34,32 @@ class EngineCore:
     def has_work(self) -> bool:
         return self.scheduler.has_work() or bool(self.scheduler.newly_finished)
 
-    def step(self) -> list[RequestDelta]:
+    def step(self) -> StepOutput:
+        """Schedule, run and advance one batch. Returns each request that gained a token or
+        finished (an abort or error since the last step counts too)."""
         batch = self.scheduler.schedule()
-        sampled, logprobs = self.runner.execute(batch) if not batch.is_empty else ([], [])
-        finished = self.scheduler.update_from_output(batch, sampled)
-        deltas: dict[int, RequestDelta] = {}
-        for request, token_id, logprob in zip(batch.requests, sampled, logprobs):
-            if token_id is None:
-                continue
-            new_logprobs = [] if logprob is None else [logprob]
-            request.logprobs += new_logprobs
-            deltas[request.rid] = RequestDelta(request.rid, [token_id], new_logprobs, request.finish_reason,
-                                               request)
-        for request in finished:
-            delta = deltas.get(request.rid)
-            if delta is None:
-                deltas[request.rid] = RequestDelta(request.rid, [], [], request.finish_reason, request)
-            else:
-                delta.finish_reason = request.finish_reason
-        return list(deltas.values())
+        if batch.is_empty:
+            output, finished = StepOutput.empty(), self.scheduler.update_from_output(batch, [])
+        else:
+            sampled, logprobs = self.runner.execute(batch)
+            finished = self.scheduler.update_from_output(batch, sampled)
+            output = _gains(batch.requests, sampled, logprobs)
+        output.add_finished(finished)
+        return output
+
+
+def _gains(requests: list[Request], sampled: list[int | None],
+           logprobs: list[TokenLogprob | None] | None) -> StepOutput:
+    """The scheduled requests that sampled a token, with it (and its logprobs, also kept on the request)."""
+    if None in sampled:  # prompt chunks short of their end gained nothing
+        rows = [i for i, token_id in enumerate(sampled) if token_id is not None]
+        requests, sampled = [requests[i] for i in rows], [sampled[i] for i in rows]
+        logprobs = None if logprobs is None else [logprobs[i] for i in rows]
+    if logprobs is None:
+        new_logprobs = [NO_LOGPROBS] * len(requests)
+    else:
+        new_logprobs = [NO_LOGPROBS if logprob is None else [logprob] for logprob in logprobs]
+        for request, logprob in zip(requests, logprobs):
+            if logprob is not None:
+                request.logprobs.append(logprob)
+    return StepOutput(list(requests), [[token_id] for token_id in sampled], new_logprobs)

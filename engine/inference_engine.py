@@ -21,7 +21,7 @@ from engine.block_manager import BlockManager
 from engine.completion import Completion
 from engine.detokenizer import IncrementalDetokenizer
 from engine.device import resolve_device, resolve_dtype
-from engine.engine_core import EngineCore, RequestDelta
+from engine.engine_core import EngineCore
 from engine.int4_linear import resolve_weight_format
 from engine.llama import Llama
 from engine.loaders import Checkpoint, open_checkpoint
@@ -29,9 +29,10 @@ from engine.model_runner import ModelRunner
 from engine.request import Request
 from engine.sampler import Sampler
 from engine.scheduler import Scheduler
+from engine.step_output import StepOutput
 from engine.tokenizer import Tokenizer
 from shared.config import EngineConfig
-from shared.messages import SamplingParams
+from shared.messages import FinishReason, SamplingParams
 
 Prompt = str | list[int]
 logger = logging.getLogger("forge.engine")
@@ -47,7 +48,7 @@ class InferenceEngine:
         self.max_model_len = core.scheduler.max_model_len
         self._rids = itertools.count()
         self._lock = threading.Lock()  # one stepping caller at a time (generate vs. stream pump)
-        self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestDelta]]] = {}
+        self._streams: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._awaited: set[int] = set()  # rids some generate() call is waiting for
         self._finished: dict[int, Request] = {}  # of those, the ones that ended, until collected
         self._pump: asyncio.Task | None = None
@@ -212,7 +213,7 @@ class InferenceEngine:
         the request and frees its KV blocks; an engine-side failure raises RuntimeError."""
         prompt_ids = self.encode_prompt(prompt)
         self._check_prompt_len(prompt_ids)
-        queue: asyncio.Queue[RequestDelta] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[list[int], FinishReason, str | None]] = asyncio.Queue()  # (new ids, finish, error)
         with self._lock:
             rid = next(self._rids)
             self.core.add_request(rid, prompt_ids, params or SamplingParams())  # may refuse: nothing registered
@@ -220,12 +221,12 @@ class InferenceEngine:
         self._ensure_pump()
         try:
             while True:
-                delta = await queue.get()
-                if delta.new_token_ids:
-                    yield delta.new_token_ids
-                if delta.finish_reason:
-                    if delta.request.error:
-                        raise RuntimeError(delta.request.error)
+                new_ids, finish_reason, error = await queue.get()
+                if new_ids:
+                    yield new_ids
+                if finish_reason:
+                    if error:
+                        raise RuntimeError(error)
                     return
         finally:
             if self._streams.pop(rid, None) is not None:  # consumer left early: free its blocks
@@ -245,13 +246,14 @@ class InferenceEngine:
         """One engine step. Stream requests' deltas go to their queues; other requests that
         finished wait in _finished until their generate() call collects them."""
         with self._lock:
-            deltas = self.core.step() if self.core.has_work() else []
-            for delta in deltas:
-                stream = self._streams.get(delta.rid)
+            output = self.core.step() if self.core.has_work() else StepOutput.empty()
+            for request, new_ids in zip(output.requests, output.new_ids):
+                stream = self._streams.get(request.rid)
                 if stream is not None:
-                    if delta.finish_reason:
-                        del self._streams[delta.rid]
+                    if request.finish_reason:
+                        del self._streams[request.rid]
                     loop, queue = stream
-                    loop.call_soon_threadsafe(queue.put_nowait, delta)
-                elif delta.finish_reason and delta.rid in self._awaited:
-                    self._finished[delta.rid] = delta.request
+                    # the finish as of this step: the consumer may read it a step later
+                    loop.call_soon_threadsafe(queue.put_nowait, (new_ids, request.finish_reason, request.error))
+                elif request.finish_reason and request.rid in self._awaited:
+                    self._finished[request.rid] = request

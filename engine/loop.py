@@ -17,8 +17,9 @@ import msgspec
 import zmq
 
 from engine import compute_thread
-from engine.engine_core import EngineCore, RequestDelta
+from engine.engine_core import EngineCore
 from engine.step_heartbeat import StepHeartbeat
+from engine.step_output import StepOutput
 from shared import ipc
 from shared.messages import (
     AbortRequest,
@@ -123,8 +124,9 @@ class EngineLoop:
                 raise ValueError(f"request id {request.rid} is already running")
             self.core.add_request(request.rid, request.prompt_ids, request.params)
         except ValueError as exc:  # the worker validates first; this is the last line of defence
-            self._send_to_worker(request.worker, TokenDeltas([request.rid], [[]], [FinishReason.ERROR],
-                                                             [len(request.prompt_ids)], [0], [str(exc)], [[]]))
+            self._send_to_worker(request.worker, TokenDeltas(
+                rids=[request.rid], new_ids=[[]], finish=[FinishReason.ERROR], num_prompt_tokens=[len(request.prompt_ids)],
+                num_cached_tokens=[0], errors=[str(exc)], logprobs=[[]]))
             return
         self.worker_of[request.rid] = request.worker
         self.num_prompt_tokens += len(request.prompt_ids)
@@ -135,29 +137,14 @@ class EngineLoop:
     def _shutdown(self, _: Shutdown) -> None:
         self.stopping = True
 
-    def _publish(self, deltas: list[RequestDelta]) -> None:
+    def _publish(self, output: StepOutput) -> None:
         """One TokenDeltas per worker for this step."""
-        by_worker: dict[int, TokenDeltas] = {}
-        for delta in deltas:
-            worker = self.worker_of.get(delta.rid)
-            if worker is None:
-                continue
-            out = by_worker.get(worker)
-            if out is None:
-                out = by_worker[worker] = TokenDeltas([], [], [], [], [], [], [])
-            request = delta.request
-            out.rids.append(delta.rid)
-            out.new_ids.append(delta.new_token_ids)
-            out.finish.append(int(delta.finish_reason))
-            out.num_prompt_tokens.append(request.prompt_len)
-            out.num_cached_tokens.append(request.num_cached_tokens)
-            out.errors.append(request.error or "")
-            out.logprobs.append(delta.new_logprobs)
-            self.num_generation_tokens += len(delta.new_token_ids)
-            if delta.finish_reason:
-                del self.worker_of[delta.rid]
-        for worker, out in by_worker.items():
-            self._send_to_worker(worker, out)
+        self.num_generation_tokens += output.num_new_tokens
+        for worker, message in output.deltas_by_worker(self.worker_of).items():
+            self._send_to_worker(worker, message)
+        for request in output.requests:
+            if request.finish_reason:
+                self.worker_of.pop(request.rid, None)
 
     def _send_to_worker(self, worker: int, message: TokenDeltas) -> None:
         if not self._send(ipc.identity_of(worker), message):

@@ -22,15 +22,20 @@ class Request:
         "eos_token_ids",
         "error",
         "finish_reason",
+        "hashed_parent",
+        "length_limit",
         "logprobs",
         "num_cached_tokens",
         "num_computed_tokens",
+        "num_hashed_blocks",
         "num_preemptions",
         "params",
+        "plain_greedy",
         "prompt_len",
         "rid",
         "seed",
         "status",
+        "stop_ids",
         "token_ids",
     )
 
@@ -46,6 +51,16 @@ class Request:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache at first admission
         self.block_ids: list[int] = []
+        self.num_hashed_blocks = 0  # see BlockOwner
+        self.hashed_parent: object = None
+        # What ends it, checked after every token: a token of stop_ids (EOS unless ignored, and
+        # the stop token ids), or length_limit tokens in all (the model's own limit also applies).
+        self.stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_token_ids)
+        self.length_limit = self.prompt_len + params.max_tokens
+        # The sampler's fast path: the top token, nothing else to compute or mask.
+        self.plain_greedy = (params.is_greedy and params.logprobs is None and params.min_tokens == 0
+                             and params.repetition_penalty == 1.0 and not params.presence_penalty
+                             and not params.frequency_penalty)
         self.finish_reason = FinishReason.NONE
         self.error: str | None = None  # set only when finish_reason is ERROR
         self.logprobs: list[TokenLogprob] = []  # filled only when params.logprobs is set
@@ -66,20 +81,6 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.status is RequestStatus.FINISHED
-
-    def append_token(self, token_id: int) -> None:
-        self.token_ids.append(token_id)
-
-    def stop_reason_after(self, token_id: int, max_model_len: int) -> FinishReason:
-        """Why the request must stop now that `token_id` was appended (NONE: keep going)."""
-        params = self.params
-        if not params.ignore_eos and token_id in self.eos_token_ids:
-            return FinishReason.STOP
-        if token_id in params.stop_token_ids:
-            return FinishReason.STOP
-        if self.num_output_tokens >= params.max_tokens or self.num_tokens >= max_model_len:
-            return FinishReason.LENGTH
-        return FinishReason.NONE
 
     def __repr__(self) -> str:
         return (f"Request(rid={self.rid}, status={self.status.name}, num_tokens={self.num_tokens}, "

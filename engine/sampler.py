@@ -15,8 +15,12 @@ class Sampler:
         self.ops = ops
         self.device = device
 
-    def sample(self, logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], list[TokenLogprob | None]]:
-        """logits [num_rows, vocab] float32, one row per request -> (token ids, logprobs or None)."""
+    def sample(self, logits: torch.Tensor, requests: list[Request]
+               ) -> tuple[list[int], list[TokenLogprob | None] | None]:
+        """logits [num_rows, vocab] float32, one row per request -> (token ids, each row's logprobs
+        or None where not asked for; None for all when no row asked)."""
+        if all(r.plain_greedy for r in requests):  # the common case, in one pass over the rows
+            return logits.argmax(dim=-1).tolist(), None
         raw = logits
         if any(r.params.repetition_penalty != 1.0 or r.params.presence_penalty or r.params.frequency_penalty
                for r in requests):
@@ -84,11 +88,11 @@ class Sampler:
         return logits
 
     def _logprobs(self, raw: torch.Tensor, token_ids: list[int],
-                  requests: list[Request]) -> list[TokenLogprob | None]:
+                  requests: list[Request]) -> list[TokenLogprob | None] | None:
         wanted = [row for row, r in enumerate(requests) if r.params.logprobs is not None]
-        result: list[TokenLogprob | None] = [None] * len(requests)
         if not wanted:
-            return result
+            return None
+        result: list[TokenLogprob | None] = [None] * len(requests)
         rows = torch.tensor(wanted, device=self.device)
         logprobs = raw[rows].log_softmax(dim=-1)  # [W, vocab]
         num_top = max(requests[row].params.logprobs for row in wanted)

@@ -18,10 +18,12 @@ from shared.messages import FinishReason
 
 @dataclasses.dataclass
 class ScheduledBatch:
-    """One step's work: requests in batch order and how many new tokens each computes."""
+    """One step's work: requests in batch order, how many new tokens each computes, and which of
+    them reach their last token (and so sample one)."""
 
-    requests: list[Request]
-    num_new_tokens: list[int]
+    requests: list[Request] = dataclasses.field(default_factory=list)
+    num_new_tokens: list[int] = dataclasses.field(default_factory=list)
+    sampling_rows: list[int] = dataclasses.field(default_factory=list)  # indices into requests
     num_preempted: int = 0
 
     @property
@@ -32,10 +34,15 @@ class ScheduledBatch:
     def num_tokens(self) -> int:
         return sum(self.num_new_tokens)
 
+    def add(self, request: Request, num_new: int) -> None:
+        if request.num_computed_tokens + num_new == len(request.token_ids):
+            self.sampling_rows.append(len(self.requests))
+        self.requests.append(request)
+        self.num_new_tokens.append(num_new)
+
     def samples(self, index: int) -> bool:
         """Whether request `index` reaches its last token this step (and so samples one)."""
-        request = self.requests[index]
-        return request.num_computed_tokens + self.num_new_tokens[index] == request.num_tokens
+        return index in self.sampling_rows
 
 
 class Scheduler:
@@ -79,20 +86,41 @@ class Scheduler:
 
     # --- one step -------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
-        batch = ScheduledBatch([], [])
+        batch = self._schedule_all_running()
+        if batch is None:
+            batch = self._schedule_running_in_turn()
+        if batch.num_preempted == 0:
+            self._admit_waiting(batch, self.max_num_batched_tokens - batch.num_tokens)
+        return batch
+
+    def _schedule_all_running(self) -> ScheduledBatch | None:
+        """The usual step: every running request's remaining tokens fit the budget and the free
+        blocks, so each is scheduled whole, and only those that need blocks or hashing see the
+        block manager (a few a step: one request in block_size crosses a block per decode).
+        None when they do not all fit: the request-by-request path then cuts and preempts."""
+        running = self.running
+        demand = [len(r.token_ids) - r.num_computed_tokens for r in running]
+        if sum(demand) > self.max_num_batched_tokens:
+            return None
+        for index in self.block_manager.needing_allocation(running, demand):
+            if not self.block_manager.allocate(running[index], demand[index]):
+                return None  # what was allocated stays: the other path's allocate finds it there
+        return ScheduledBatch(list(running), demand, list(range(len(running))))  # each whole: each samples
+
+    def _schedule_running_in_turn(self) -> ScheduledBatch:
+        """Running requests in admission order, each cut to the budget left; when blocks run out
+        the newest is preempted (possibly the one at hand)."""
+        batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = min(len(request.token_ids) - request.num_computed_tokens, budget)
             if not self._allocate_or_preempt(request, num_new, batch):
                 continue  # `request` itself was preempted (or failed); the list shrank
-            batch.requests.append(request)
-            batch.num_new_tokens.append(num_new)
+            batch.add(request, num_new)
             budget -= num_new
             index += 1
-        if batch.num_preempted == 0:
-            self._admit_waiting(batch, budget)
         return batch
 
     def _allocate_or_preempt(self, request: Request, num_new: int, batch: ScheduledBatch) -> bool:
@@ -141,24 +169,26 @@ class Scheduler:
                 request.num_cached_tokens = num_computed
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-            batch.requests.append(request)
-            batch.num_new_tokens.append(num_new)
+            batch.add(request, num_new)
             budget -= num_new
 
     def update_from_output(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[Request]:
         """Advance each scheduled request; `sampled[i]` is the token request i drew, or None for
         a prompt chunk that did not reach the end. Returns the requests that finished this step
         (including any finished outside a step since the last call)."""
+        finished_status, max_model_len = RequestStatus.FINISHED, self.max_model_len
         for request, num_new, token_id in zip(batch.requests, batch.num_new_tokens, sampled):
-            if request.is_finished:  # aborted while the step ran
+            if request.status is finished_status:  # aborted while the step ran
                 continue
             request.num_computed_tokens += num_new
             if token_id is None:
                 continue
-            request.append_token(token_id)
-            reason = request.stop_reason_after(token_id, self.max_model_len)
-            if reason is not FinishReason.NONE:
-                self._finish(request, reason)
+            token_ids = request.token_ids
+            token_ids.append(token_id)
+            if token_id in request.stop_ids:
+                self._finish(request, FinishReason.STOP)
+            elif len(token_ids) >= request.length_limit or len(token_ids) >= max_model_len:
+                self._finish(request, FinishReason.LENGTH)
         finished, self.newly_finished = self.newly_finished, []
         return finished
 

@@ -53,6 +53,14 @@ def covers(dtype: torch.dtype, head_dim: int, block_size: int) -> bool:
 
 def plan_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
                    sliding_window: int | None = None, max_seq_len: int | None = None) -> CpuAttentionPlan:
+    num_seqs = seq_lens.shape[0]
+    rows = torch.arange(num_seqs)  # [S]
+    if int(query_start_loc[-1]) == num_seqs and torch.equal(query_start_loc[:-1].long(), rows):
+        # pure decode: every row is the kernel's, so no reference plan (its per-row lists and masks)
+        contract.check_attention_plan(block_tables, seq_lens, query_start_loc, sliding_window, max_seq_len)
+        return CpuAttentionPlan(ref.AttentionPlan(num_seqs, None, None, None, 0, [], sliding_window),
+                                rows, block_tables.to(torch.int32).contiguous(),
+                                seq_lens.to(torch.int32).contiguous(), sliding_window)
     plan = ref.plan_attention(block_tables, seq_lens, query_start_loc, sliding_window, max_seq_len)
     prefill = dataclasses.replace(plan, decode_token_idx=None, decode_tables=None, decode_hidden=None)
     if plan.decode_token_idx is None:

@@ -100,6 +100,11 @@ class TokenLogprob(msgspec.Struct, array_like=True, frozen=True, gc=False):
 _WIRE = dict(tag=True, array_like=True, frozen=True, gc=False)
 
 
+def _column() -> list:
+    """A columnar message's field: each entry of a message is one row across its lists."""
+    return msgspec.field(default_factory=list)
+
+
 class ChatMessage(msgspec.Struct, array_like=True, frozen=True, gc=False):
     role: str
     content: str
@@ -177,13 +182,13 @@ class TokenDeltas(msgspec.Struct, **_WIRE):
     """Engine -> one worker, once per step: parallel lists, one entry per request of that worker
     that advanced or finished this step."""
 
-    rids: list[int]
-    new_ids: list[list[int]]
-    finish: list[int]  # FinishReason
-    num_prompt_tokens: list[int]
-    num_cached_tokens: list[int]
-    errors: list[str]  # "" unless finish is ERROR
-    logprobs: list[list[TokenLogprob]]  # empty lists unless asked for
+    rids: list[int] = _column()
+    new_ids: list[list[int]] = _column()
+    finish: list[int] = _column()  # FinishReason
+    num_prompt_tokens: list[int] = _column()
+    num_cached_tokens: list[int] = _column()
+    errors: list[str] = _column()  # "" unless finish is ERROR
+    logprobs: list[list[TokenLogprob]] = _column()  # empty lists unless asked for
 
 
 class TextLogprob(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -196,15 +201,15 @@ class TextLogprob(msgspec.Struct, array_like=True, frozen=True, gc=False):
 class TextDeltas(msgspec.Struct, **_WIRE):
     """Worker -> frontend, once per engine step: parallel lists, one entry per request."""
 
-    rids: list[int]
-    texts: list[str]
-    finish: list[int]  # FinishReason
-    num_prompt_tokens: list[int]
-    num_output_tokens: list[int]  # total so far
-    num_cached_tokens: list[int]
-    errors: list[str]  # "" unless finish is ERROR
-    error_codes: list[int]  # HTTP status for errors: 400 bad input, 500 engine failure; else 0
-    logprobs: list[list[TextLogprob]]
+    rids: list[int] = _column()
+    texts: list[str] = _column()
+    finish: list[int] = _column()  # FinishReason
+    num_prompt_tokens: list[int] = _column()
+    num_output_tokens: list[int] = _column()  # total so far
+    num_cached_tokens: list[int] = _column()
+    errors: list[str] = _column()  # "" unless finish is ERROR
+    error_codes: list[int] = _column()  # HTTP status for errors: 400 bad input, 500 engine failure; else 0
+    logprobs: list[list[TextLogprob]] = _column()
 
 
 class WorkerReady(msgspec.Struct, **_WIRE):

@@ -17,6 +17,8 @@ class Owner:
     token_ids: list[int]
     block_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
+    num_hashed_blocks: int = 0
+    hashed_parent: object = None
 
 
 def admit(bm: BlockManager, owner: Owner) -> bool:
@@ -121,6 +123,20 @@ def test_prefix_caching_off_never_hits():
     assert bm.find_cached_prefix(list(range(10))) == [] and not bm.cached
 
 
+def test_blocks_filled_by_decoding_are_cached_one_at_a_time():
+    bm = BlockManager(num_blocks=8, block_size=BLOCK)
+    a = Owner(list(range(6)))
+    assert admit(bm, a) and a.num_hashed_blocks == 1  # tokens 0-3 fill block 0
+    for token in range(6, 13):  # decode: each step computes the previous last token
+        a.token_ids.append(token)
+        assert bm.allocate(a, 1)
+        a.num_computed_tokens += 1
+    assert a.num_hashed_blocks == 3  # tokens 0-11 known and computed: three full blocks
+    assert bm.find_cached_prefix(list(range(13))) == a.block_ids[:3]
+    bm.free(a)  # (a preemption) the owner's hashing starts over with its next blocks
+    assert (a.num_hashed_blocks, a.hashed_parent) == (0, None)
+
+
 operations = st.lists(st.tuples(st.sampled_from(["admit", "grow", "free"]), st.integers(0, 5),
                                 st.integers(1, 14)), max_size=60)
 
@@ -141,10 +157,14 @@ def test_random_operations_keep_invariants(ops):
         elif kind == "grow" and live:
             owner = live[pick % len(live)]
             owner.token_ids.append(size)
+            idle = not bm.needing_allocation([owner], [1])
+            before = (list(owner.block_ids), dict(bm.cached), list(bm.ref_counts), owner.num_hashed_blocks)
             if bm.allocate(owner, 1):
                 owner.num_computed_tokens += 1
             else:
                 owner.token_ids.pop()
+            if idle:  # the scheduler skips these: allocate must have had nothing to do
+                assert (owner.block_ids, bm.cached, bm.ref_counts, owner.num_hashed_blocks) == before
         elif kind == "free" and live:
             bm.free(live.pop(pick % len(live)))
         bm.check_invariants(live)

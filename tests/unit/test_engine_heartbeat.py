@@ -10,6 +10,7 @@ import types
 import zmq
 
 from engine.loop import STATS_INTERVAL_S, EngineLoop
+from engine.step_output import StepOutput
 from frontend.tokenizer_worker import ENGINE_SILENCE_S
 from shared import ipc
 from shared.messages import EngineReady, EngineStats, FromEngine, Hello, Shutdown
@@ -30,12 +31,12 @@ class SlowCore:
     def has_work(self) -> bool:
         return self.armed.is_set() and self.steps_left > 0
 
-    def step(self) -> list:
+    def step(self) -> StepOutput:
         start = time.monotonic()
         time.sleep(STEP_S)  # like a torch kernel, sleep releases the GIL
         self.steps_left -= 1
         self.step_window = (start, time.monotonic())
-        return []
+        return StepOutput.empty()
 
 
 def test_stats_keep_coming_during_a_step_longer_than_the_silence_limit():
