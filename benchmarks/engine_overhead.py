@@ -42,8 +42,9 @@ from engine.loaders.random_weights import random_checkpoint
 from engine.loop import EngineLoop
 from engine.model_config import ModelConfig
 from engine.model_runner import ModelRunner
+from frontend.in_flight import InFlight
 from frontend.text_stream import TextStream
-from frontend.tokenizer_worker import TokenizerWorker, _Active
+from frontend.tokenizer_worker import TokenizerWorker
 from shared import ipc
 from shared.config import EngineConfig
 from shared.messages import EngineReady, TokenDeltas
@@ -117,7 +118,7 @@ def measure(num_running: int, steps: int) -> dict[str, float]:
     for rid in range(num_running):
         engine.core.add_request(rid, [(rid * 31 + j) % 200 + 40 for j in range(PROMPT_LEN)], params)
         loop.worker_of[rid] = 1
-        worker.active[rid] = _Active(TextStream(tokenizer, []), "")
+        worker.active[rid] = InFlight(rid, [], params, TextStream(tokenizer, []), "")
     while engine.core.scheduler.waiting or any(r.num_output_tokens == 0 for r in engine.core.scheduler.running):
         loop._publish(engine.core.step())  # prefill: not measured
     chunks = [_timed_chunk(engine, loop, worker, timings, encoded, decoder, CHUNK_STEPS)

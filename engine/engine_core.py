@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from engine.model_runner import ModelRunner
 from engine.request import Request
@@ -18,15 +19,18 @@ class EngineCore:
         self.eos_token_ids = eos_token_ids
         self.seed_source = random.SystemRandom()
 
-    def add_request(self, rid: int, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request. A prompt that can never be served finishes at once with ERROR."""
+    def add_request(self, rid: int, prompt_ids: list[int], params: SamplingParams,
+                    output_ids: Sequence[int] = ()) -> None:
+        """Queue a request; `output_ids`: tokens an earlier engine generated for it (a replay),
+        taken as context and counted as outputs. A request that can never be served finishes at
+        once with ERROR."""
         if not prompt_ids:
             raise ValueError("prompt is empty: give at least one token")
         vocab_size = self.runner.model.config.vocab_size
-        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size:
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size or any(not 0 <= t < vocab_size for t in output_ids):
             raise ValueError(f"prompt has token ids outside the vocabulary [0, {vocab_size})")
         seed = params.seed if params.seed is not None else self.seed_source.getrandbits(63)
-        self.scheduler.add(Request(rid, prompt_ids, params, seed, self.eos_token_ids))
+        self.scheduler.add(Request(rid, prompt_ids, params, seed, self.eos_token_ids, output_ids))
 
     def abort(self, rid: int) -> None:
         self.scheduler.abort(rid)

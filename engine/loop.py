@@ -119,10 +119,14 @@ class EngineLoop:
         self.dispatch[type(message)](message)
 
     def _add(self, request: EngineRequest) -> None:
+        if request.engine_instance != self.ready.instance:
+            # Sent to the engine before this one (queued while it died): the worker replays it.
+            logger.info("dropped request %d, addressed to an earlier engine", request.rid)
+            return
         try:
             if request.rid in self.worker_of:
                 raise ValueError(f"request id {request.rid} is already running")
-            self.core.add_request(request.rid, request.prompt_ids, request.params)
+            self.core.add_request(request.rid, request.prompt_ids, request.params, request.output_ids)
         except ValueError as exc:  # the worker validates first; this is the last line of defence
             self._send_to_worker(request.worker, TokenDeltas(
                 rids=[request.rid], new_ids=[[]], finish=[FinishReason.ERROR], num_prompt_tokens=[len(request.prompt_ids)],

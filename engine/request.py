@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 from shared.messages import FinishReason, SamplingParams, TokenLogprob
 
@@ -40,9 +41,9 @@ class Request:
     )
 
     def __init__(self, rid: int, prompt_ids: list[int], params: SamplingParams, seed: int,
-                 eos_token_ids: frozenset[int]) -> None:
+                 eos_token_ids: frozenset[int], output_ids: Sequence[int] = ()) -> None:
         self.rid = rid
-        self.token_ids = list(prompt_ids)
+        self.token_ids = [*prompt_ids, *output_ids]  # outputs given: a replay, continuing from them
         self.prompt_len = len(prompt_ids)
         self.params = params
         self.seed = seed  # params.seed, or a random one drawn at admission

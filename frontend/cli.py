@@ -68,31 +68,16 @@ def _run_frontend(args: argparse.Namespace) -> int:
 
 
 def _run_engine(args: argparse.Namespace) -> int:
-    import os
-
-    from engine import InferenceEngine
-    from engine.loop import EngineLoop
+    from engine import serving
     from frontend.launch import set_title
-    from shared.config import engine_addresses
-    from shared.messages import EngineReady
 
     set_title("forge-engine")
-    engine = InferenceEngine.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        num_kv_blocks=args.num_kv_blocks, kv_cache_gib=args.kv_cache_gib,
-        enable_prefix_caching=not args.no_prefix_caching, kernels=args.kernels, cuda_graphs=not args.enforce_eager,
-        quantized_weights=args.quantized_weights)
-    tokenizer = engine.tokenizer
-    if tokenizer is None:
-        raise ValueError("serving needs a model with a tokenizer")
-    name = args.served_model_name or os.path.basename(os.path.normpath(args.model or "smollm2-135m-instruct"))
-    manager = engine.core.scheduler.block_manager
-    ready = EngineReady(name, manager.block_size, manager.num_blocks, engine.max_model_len,
-                        tokenizer.backend.to_str(), tokenizer.chat_template, tokenizer.bos_token, tokenizer.eos_token)
-    router, pull = engine_addresses(args.engine)
-    print(f"forge-engine: {engine.description}", file=sys.stderr, flush=True)
-    EngineLoop(engine.core, ready, pull, router, args.curve_dir).run()
+    options = dict(device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
+                   max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                   num_kv_blocks=args.num_kv_blocks, kv_cache_gib=args.kv_cache_gib,
+                   enable_prefix_caching=not args.no_prefix_caching, kernels=args.kernels,
+                   cuda_graphs=not args.enforce_eager, quantized_weights=args.quantized_weights)
+    serving.serve(args.model, options, args.served_model_name, args.engine, args.curve_dir)
     return 0
 
 

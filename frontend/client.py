@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import msgspec
 import zmq
@@ -68,6 +68,7 @@ class Worker:
     num_in_flight: int = 0
     num_requests_total: int = 0
     cpu_seconds: float = 0.0
+    sees_engine: bool = False  # its last heartbeat carried live engine stats
 
 
 class RequestStream:
@@ -124,7 +125,8 @@ class EngineClient:
 
     @property
     def is_ready(self) -> bool:
-        return bool(self.workers) and self.engine_stats is not None
+        """A worker is up and hears the engine (workers say so the moment they lose it)."""
+        return any(w.sees_engine for w in self.workers.values())
 
     @property
     def num_in_flight(self) -> int:
@@ -136,7 +138,7 @@ class EngineClient:
             raise Unavailable("the engine or its tokenizer workers are not ready")
         if len(self.streams) >= self.max_in_flight:
             raise QueueFull(f"the server is at capacity ({self.max_in_flight} requests in flight); retry later")
-        worker = self._least_loaded()
+        worker = self._least_loaded(w for w in self.workers.values() if w.sees_engine)
         rid = next(self._rids)
         request: GenerateRequest = make_request(rid)
         stream = RequestStream(self, rid, worker)
@@ -151,7 +153,7 @@ class EngineClient:
         """Ask the least-loaded worker to tokenize or detokenize (`make_request(rid)`)."""
         if not self.workers:
             raise Unavailable("no tokenizer worker is ready")
-        worker = self._least_loaded()
+        worker = self._least_loaded(self.workers.values())
         worker.num_requests_total += 1  # spreads tokenize calls over the workers too
         rid = next(self._rids)
         future = asyncio.get_running_loop().create_future()
@@ -164,9 +166,10 @@ class EngineClient:
         finally:
             self.pending_tokenize.pop(rid, None)
 
-    def _least_loaded(self) -> Worker:
+    @staticmethod
+    def _least_loaded(workers: Iterable[Worker]) -> Worker:
         """Fewest requests in flight; ties go to the one that has served fewer, spreading load."""
-        return min(self.workers.values(), key=lambda w: (w.num_in_flight, w.num_requests_total))
+        return min(workers, key=lambda w: (w.num_in_flight, w.num_requests_total))
 
     def abort(self, stream: RequestStream) -> None:
         if stream.worker.worker_id in self.workers:
@@ -199,6 +202,7 @@ class EngineClient:
             worker.last_seen_s = time.monotonic()
             if isinstance(message, WorkerHeartbeat):
                 worker.cpu_seconds = message.cpu_seconds
+                worker.sees_engine = message.engine is not None
                 self._note_engine(message.engine)
             elif isinstance(message, TextDeltas):
                 self._route(message)
@@ -220,6 +224,11 @@ class EngineClient:
                 deltas.texts[i], FinishReason(deltas.finish[i]), deltas.num_prompt_tokens[i],
                 deltas.num_output_tokens[i], deltas.num_cached_tokens[i], deltas.errors[i],
                 deltas.error_codes[i], deltas.logprobs[i]))
+
+    def fail_all(self, reason: str, code: int) -> None:
+        """End every stream in flight with an error (the server is going down)."""
+        for stream in self.streams.values():
+            stream.queue.put_nowait(StreamEvent("", FinishReason.ERROR, 0, 0, 0, reason, code, []))
 
     async def _watch_workers(self) -> None:
         """Drop silent workers (failing their requests) and forget a silent engine."""

@@ -1,12 +1,13 @@
 """`forge serve`: start the engine and N tokenizer workers as child processes, then serve HTTP here.
 
 Children die with the launcher (PR_SET_PDEATHSIG), and Ctrl-C or SIGTERM stops every child:
-nothing is left orphaned. Local stacks talk over ipc:// sockets in a per-launch temp dir.
+nothing is left orphaned. A child that exits is started again (see Child). Local stacks talk over ipc:// sockets in a per-launch temp dir.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import dataclasses
 import logging
@@ -23,6 +24,8 @@ from frontend.server import CLIENT, make_app
 from shared.config import FrontendConfig
 
 READY_TIMEOUT_S = 300.0
+RESTART_LIMIT = 3  # restarts of one child allowed within RESTART_WINDOW_S
+RESTART_WINDOW_S = 300.0
 logger = logging.getLogger("forge.launch")
 
 
@@ -34,6 +37,35 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 def spawn(args: list[str]) -> subprocess.Popen:
     # preexec_fn is safe here: the launcher spawns children before it starts any thread.
     return subprocess.Popen([sys.executable, "-m", "frontend.cli", *args], preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+
+class Child:
+    """A child process of `forge serve`, started again when it exits (the engine's replacement
+    gets its in-flight requests replayed by the workers), up to RESTART_LIMIT times within
+    RESTART_WINDOW_S: past that the fault is not transient, and the server stops."""
+
+    def __init__(self, name: str, args: list[str]) -> None:
+        self.name, self.args = name, args
+        self.process = spawn(args)
+        self.restarts: collections.deque[float] = collections.deque()  # monotonic times
+
+    def revive(self) -> bool:
+        """Restart the process if it has exited; False when the restart budget is spent."""
+        code = self.process.poll()
+        if code is None:
+            return True
+        now = time.monotonic()
+        while self.restarts and now - self.restarts[0] > RESTART_WINDOW_S:
+            self.restarts.popleft()
+        if len(self.restarts) >= RESTART_LIMIT:
+            logger.error("the %s exited (code %s), its %d-th time within %.0f s: stopping the server", self.name, code,
+                         len(self.restarts) + 1, RESTART_WINDOW_S)
+            return False
+        self.restarts.append(now)
+        logger.warning("the %s exited (code %s); starting it again (restart %d of %d allowed within %.0f s)",
+                       self.name, code, len(self.restarts), RESTART_LIMIT, RESTART_WINDOW_S)
+        self.process = spawn(self.args)
+        return True
 
 
 def stop_children(children: list[subprocess.Popen], grace_s: float = 5.0) -> None:
@@ -49,7 +81,8 @@ def stop_children(children: list[subprocess.Popen], grace_s: float = 5.0) -> Non
             child.wait()
 
 
-async def _serve_http(config: FrontendConfig, children: list[subprocess.Popen], model_label: str) -> None:
+async def _serve_http(config: FrontendConfig, children: list[Child], model_label: str) -> int:
+    """Serve until SIGINT or SIGTERM (0), or until a child exhausts its restarts (1)."""
     app = make_app(config)
     # A client that leaves cancels its handler; on shutdown, handlers still running after the drain
     # window are cancelled too, which aborts their requests.
@@ -64,20 +97,21 @@ async def _serve_http(config: FrontendConfig, children: list[subprocess.Popen], 
     try:
         started = time.monotonic()
         while not app[CLIENT].is_ready:
-            if any(c.poll() is not None for c in children):
+            if any(c.process.poll() is not None for c in children):
                 raise SystemExit("forge: a child process exited during start-up")
             if time.monotonic() - started > READY_TIMEOUT_S:
                 raise SystemExit("forge: the engine did not become ready in time")
             await asyncio.sleep(0.05)
         print(f"forge: serving {model_label} on http://{config.host}:{config.port}", flush=True)
         while not stop.is_set():
-            if children and children[0].poll() is not None:
-                logger.error("the engine exited; shutting down")
-                break
+            if not all(child.revive() for child in children):
+                app[CLIENT].fail_all("the server is stopping: a process of it kept crashing", 503)
+                return 1
             try:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             except asyncio.TimeoutError:
                 pass
+        return 0
     finally:
         await runner.cleanup()
 
@@ -91,21 +125,20 @@ def serve(model: str | None, config: FrontendConfig, num_workers: int, engine_ar
         config = dataclasses.replace(config, worker_address=f"ipc://{run_dir}/workers")
     model_args = ["--model", model] if model else []
     curve_args = ["--curve-dir", config.curve_dir] if config.curve_dir else []
-    children = [spawn(["engine", *model_args, "--engine", engine_address, *curve_args, *engine_args])]
-    children += [spawn(["worker", "--frontend", config.worker_address, "--engine", engine_address,
-                        "--worker-id", str(i), *curve_args]) for i in range(1, num_workers + 1)]
+    children = [Child("engine", ["engine", *model_args, "--engine", engine_address, *curve_args, *engine_args])]
+    children += [Child(f"tokenizer worker {i}", ["worker", "--frontend", config.worker_address, "--engine",
+                                                 engine_address, "--worker-id", str(i), *curve_args])
+                 for i in range(1, num_workers + 1)]
     try:
-        asyncio.run(_serve_http(config, children, model or "the embedded default model"))
+        return asyncio.run(_serve_http(config, children, model or "the embedded default model"))
     finally:
-        stop_children(children)
+        stop_children([child.process for child in children])
         shutil.rmtree(run_dir, ignore_errors=True)
-    return 0
 
 
 def serve_frontend(config: FrontendConfig) -> int:
     """The HTTP frontend alone: workers and the engine run elsewhere (docker-compose, other hosts)."""
-    asyncio.run(_serve_http(config, [], "the model of the attached engine"))
-    return 0
+    return asyncio.run(_serve_http(config, [], "the model of the attached engine"))
 
 
 def set_title(title: str) -> None:

@@ -20,6 +20,7 @@ CONFIG = web.AppKey("config", FrontendConfig)
 # No Connection header: aiohttp writes the one it will act on (close when the request asked for it).
 # A fixed "keep-alive" made pooling clients reuse connections the server was closing (resets).
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+RETRY_SOON = {"Retry-After": "5"}  # seconds: about what an engine restart takes with a small model
 logger = logging.getLogger("forge.frontend")
 
 
@@ -30,10 +31,10 @@ async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except api.ApiError as exc:
         return web.json_response(exc.body(), status=exc.status)
-    except Unavailable as exc:
-        return web.json_response(api.ApiError(503, str(exc)).body(), status=503)
+    except Unavailable as exc:  # an engine restarting is back in seconds: say when to try again
+        return web.json_response(api.ApiError(503, str(exc)).body(), status=503, headers=RETRY_SOON)
     except QueueFull as exc:
-        return web.json_response(api.ApiError(429, str(exc)).body(), status=429)
+        return web.json_response(api.ApiError(429, str(exc)).body(), status=429, headers=RETRY_SOON)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

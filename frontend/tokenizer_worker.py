@@ -7,7 +7,6 @@ detokenizes it, so detokenizer and stop-string state live in exactly one place.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import resource
@@ -17,13 +16,13 @@ import msgspec
 import zmq
 
 from engine.tokenizer import Tokenizer
+from frontend.in_flight import InFlight, with_fixed_seed
 from frontend.text_stream import TextStream
 from shared import ipc
 from shared.config import engine_addresses
 from shared.messages import (
     AbortRequest,
     EngineReady,
-    EngineRequest,
     EngineStats,
     FinishReason,
     FromEngine,
@@ -43,16 +42,9 @@ from shared.messages import (
 )
 
 HEARTBEAT_S = 1.0
-ENGINE_SILENCE_S = 3.0  # no stats for this long: the engine is gone
+ENGINE_SILENCE_S = 3.0  # no stats for this long: the engine is lost; requests wait for the next one
+ENGINE_WAIT_S = 120.0  # lost for this long: the requests waiting for it end with an error
 logger = logging.getLogger("forge.worker")
-
-
-@dataclasses.dataclass
-class _Active:
-    text: TextStream
-    echo: str  # prompt text still to prepend (echo=True), else ""
-    num_output_tokens: int = 0
-    wants_logprobs: bool = False
 
 
 class TokenizerWorker:
@@ -63,10 +55,12 @@ class TokenizerWorker:
         self.tokenizer: Tokenizer | None = None  # arrives with EngineReady
         router_address, pull_address = engine_addresses(engine_address)
         self.addresses = (frontend_address, pull_address, router_address)
-        self.active: dict[int, _Active] = {}
+        self.active: dict[int, InFlight] = {}
         self.engine_ready: EngineReady | None = None
         self.engine_stats: EngineStats | None = None
         self.last_engine_s = time.monotonic()
+        self.engine_lost_s: float | None = None  # since when the engine is silent (None: it is not)
+        self.last_hello_s = 0.0
         self.stats_changed = False
         self.stopping = False
 
@@ -114,14 +108,40 @@ class TokenizerWorker:
             if self.frontend.socket in ready:
                 self._drain(self.frontend, self._from_frontend)
             now = time.monotonic()
-            if now - self.last_engine_s > ENGINE_SILENCE_S and self.active:
-                self._fail_all("the engine stopped responding", 503)
+            self._watch_engine(now)
             if now - last_beat >= HEARTBEAT_S or self.stats_changed:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
-                engine = self.engine_stats if now - self.last_engine_s <= ENGINE_SILENCE_S else None
+                engine = self.engine_stats if self.engine_lost_s is None else None
                 ipc.send(self.frontend.socket, WorkerHeartbeat(self.worker_id, len(self.active),
                                                                usage.ru_utime + usage.ru_stime, engine))
                 last_beat, self.stats_changed = now, False
+
+    def _watch_engine(self, now: float) -> None:
+        """Declare the engine lost after ENGINE_SILENCE_S of silence. While it is, say Hello each
+        second (a restarted engine answers with EngineReady, and the requests are replayed to it:
+        _engine_back) and, past ENGINE_WAIT_S, end the requests that wait for it."""
+        if self.engine_lost_s is None:
+            if now - self.last_engine_s > ENGINE_SILENCE_S:
+                self.engine_lost_s, self.stats_changed = now, True  # the frontend learns it at once
+                logger.warning("the engine stopped responding; %d requests wait for it", len(self.active))
+            return
+        if now - self.last_hello_s >= HEARTBEAT_S:
+            ipc.send(self.engine.socket, Hello(self.worker_id, "worker"))
+            self.last_hello_s = now
+        if self.active and now - self.engine_lost_s > ENGINE_WAIT_S:
+            self._fail_all(f"the engine did not come back within {ENGINE_WAIT_S:.0f} s", 503)
+
+    def _engine_back(self, ready: EngineReady) -> None:
+        """The engine answers (the same one after a stall, or a new one): send it every in-flight
+        request it does not have, as a continuation of the tokens already streamed."""
+        if self.engine_lost_s is not None:
+            logger.warning("the engine is back after %.1f s", time.monotonic() - self.engine_lost_s)
+        self.engine_lost_s, self.engine_ready = None, ready
+        missing = [state for state in self.active.values() if state.engine_instance != ready.instance]
+        for state in missing:
+            ipc.send(self.to_engine, state.engine_request(self.worker_id, ready.instance))
+        if missing:
+            logger.warning("replayed %d requests to the engine", len(missing))
 
     @staticmethod
     def _drain(inbox: ipc.Inbox, handle) -> None:
@@ -171,13 +191,15 @@ class TokenizerWorker:
                                                  min_tokens=min(params.min_tokens, max(1, room)))
             self._check_limits(prompt_ids, params.max_tokens)
         except ValueError as exc:
-            self._send_text(TextDeltas([request.rid], [""], [FinishReason.ERROR], [0], [0], [0], [str(exc)], [400],
-                                       [[]]))
+            self._send_text(TextDeltas(rids=[request.rid], texts=[""], finish=[FinishReason.ERROR], num_prompt_tokens=[0],
+                                       num_output_tokens=[0], num_cached_tokens=[0], errors=[str(exc)],
+                                       error_codes=[400], logprobs=[[]]))
             return
-        self.active[request.rid] = _Active(TextStream(self.tokenizer, request.stop),
-                                           prompt_text if request.echo else "",
-                                           wants_logprobs=params.logprobs is not None)
-        ipc.send(self.to_engine, EngineRequest(request.rid, prompt_ids, params, self.worker_id))
+        state = InFlight(request.rid, prompt_ids, with_fixed_seed(params), TextStream(self.tokenizer, request.stop),
+                         prompt_text if request.echo else "", wants_logprobs=params.logprobs is not None)
+        self.active[request.rid] = state
+        if self.engine_lost_s is None:  # else it goes with the replays once an engine is back
+            ipc.send(self.to_engine, state.engine_request(self.worker_id, self.engine_ready.instance))
 
     def _tokenize(self, request: GenerateRequest) -> tuple[list[int], str]:
         if request.messages is not None:
@@ -207,13 +229,17 @@ class TokenizerWorker:
     # --- engine -> worker -------------------------------------------------------------------------
     def _from_engine(self, message: object) -> None:
         self.last_engine_s = time.monotonic()
+        if isinstance(message, EngineReady):
+            self._engine_back(message)
+        elif self.engine_lost_s is not None:  # the engine we knew, back after a stall
+            self._engine_back(self.engine_ready)
         if isinstance(message, EngineStats):
             self.engine_stats, self.stats_changed = message, True  # relay at once
         elif isinstance(message, TokenDeltas):
             self._on_tokens(message)
 
     def _on_tokens(self, deltas: TokenDeltas) -> None:
-        out = TextDeltas([], [], [], [], [], [], [], [], [])
+        out = TextDeltas()
         for i, rid in enumerate(deltas.rids):
             state = self.active.get(rid)
             if state is None:  # aborted here already
@@ -221,7 +247,7 @@ class TokenizerWorker:
             finish = FinishReason(deltas.finish[i])
             text = state.echo + state.text.push(deltas.new_ids[i])
             state.echo = ""
-            state.num_output_tokens += len(deltas.new_ids[i])
+            state.output_ids += deltas.new_ids[i]
             if state.text.stopped and not finish:
                 ipc.send(self.to_engine, AbortRequest(rid))  # free its KV now; text is complete
                 finish = FinishReason.STOP
@@ -256,8 +282,9 @@ class TokenizerWorker:
         for rid in rids:
             ipc.send(self.to_engine, AbortRequest(rid))
         n = len(rids)
-        self._send_text(TextDeltas(rids, [""] * n, [FinishReason.ERROR] * n, [0] * n, [0] * n, [0] * n,
-                                   [reason] * n, [code] * n, [[] for _ in rids]))
+        self._send_text(TextDeltas(rids=rids, texts=[""] * n, finish=[FinishReason.ERROR] * n, num_prompt_tokens=[0] * n,
+                                   num_output_tokens=[0] * n, num_cached_tokens=[0] * n, errors=[reason] * n,
+                                   error_codes=[code] * n, logprobs=[[] for _ in rids]))
 
     def _send_text(self, deltas: TextDeltas) -> None:
         ipc.send(self.frontend.socket, deltas)

@@ -139,8 +139,12 @@ class EngineRequest(msgspec.Struct, **_WIRE):
 
     rid: int
     prompt_ids: list[int]
-    params: SamplingParams
+    params: SamplingParams  # its seed is set: a replay draws what the first run would have
     worker: int  # the tokenizer worker that receives this rid's outputs
+    # A replay (the engine that ran it died): the tokens generated and streamed so far, which the
+    # engine takes as context and counts as outputs (max_tokens, penalties, the sampling offset).
+    output_ids: list[int] = _column()
+    engine_instance: int = 0  # the EngineReady.instance it is meant for: an older engine's are dropped
 
 
 class Hello(msgspec.Struct, **_WIRE):
@@ -161,6 +165,7 @@ class EngineReady(msgspec.Struct, **_WIRE):
     chat_template: str | None
     bos_token: str | None
     eos_token: str | None
+    instance: int = 0  # drawn at each engine start: a worker that sees a new one replays its requests
 
 
 class EngineStats(msgspec.Struct, **_WIRE):

@@ -1,17 +1,16 @@
-"""Start-up and shutdown: no orphans, no hangs, and a dead engine is visible from outside."""
+"""Start-up and shutdown: no orphans, no hangs, one clear line for a bad start."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
-import time
 
 import openai
 import psutil
 import zmq
 
 from tests.e2e.conftest import MODEL
-from tests.e2e.stack import HttpProbe, Stack, forge, free_port
+from tests.e2e.stack import Stack, forge, free_port
 
 
 def _children(pid: int) -> list[psutil.Process]:
@@ -42,49 +41,6 @@ def test_children_die_with_a_killed_launcher():
     stack.process.send_signal(signal.SIGKILL)
     stack.process.wait()
     assert _all_gone(children, timeout_s=10), "children were orphaned"
-
-
-def test_a_dead_engine_turns_health_to_503_and_fails_requests():
-    engine_address, port = f"tcp://127.0.0.1:{free_port(2)}", free_port()
-    worker_address = f"tcp://127.0.0.1:{free_port()}"
-    engine = forge("engine", "--engine", engine_address, "--served-model-name", MODEL)
-    frontend = forge("frontend", "--port", str(port), "--worker-address", worker_address)
-    worker = forge("worker", "--frontend", worker_address, "--engine", engine_address)
-    processes = [engine, frontend, worker]
-    url = f"http://127.0.0.1:{port}"
-    try:
-        probe = HttpProbe(url)
-        assert probe.wait_for(lambda: _status(probe) == 200, timeout_s=120)
-        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
-        stream = client.completions.create(model=MODEL, prompt="A long story:", max_tokens=2000, stream=True,
-                                           extra_body={"ignore_eos": True})
-        next(iter(stream))
-        engine.send_signal(signal.SIGKILL)
-        started = time.monotonic()
-        try:
-            for _ in stream:
-                pass
-            outcome = "completed"
-        except openai.APIError as exc:
-            outcome = str(exc)
-        assert "engine" in outcome and time.monotonic() - started < 10, outcome
-        assert probe.wait_for(lambda: _status(probe) == 503, timeout_s=10)
-        try:
-            client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
-            raise AssertionError("a request was accepted with no engine")
-        except openai.APIStatusError as exc:
-            assert exc.status_code == 503
-    finally:
-        for p in processes:
-            p.kill()
-            p.wait()
-
-
-def _status(stack: HttpProbe) -> int:
-    try:
-        return stack.get("/health")[0]
-    except OSError:
-        return 0
 
 
 def test_a_taken_address_is_one_clear_line_and_exit_2():
