@@ -53,6 +53,7 @@ class EngineLoop:
         self.stopping = False
         self.last_stats: EngineStats | None = None
         self.last_stats_s = 0.0
+        self.step_started_s: float | None = None  # monotonic start of the step in progress
         self.dispatch = {EngineRequest: self._add, AbortRequest: self._abort, Shutdown: self._shutdown}
 
     def run(self) -> None:
@@ -84,9 +85,11 @@ class EngineLoop:
                 poller.poll(0 if self.core.has_work() else int(idle_wait_s * 1000))
                 self._drain()
                 if self.core.has_work():
+                    self.step_started_s = time.monotonic()
                     with heartbeat.stepping():
-                        deltas = self.core.step()
-                    self._publish(deltas)
+                        output = self.core.step()
+                    self.step_started_s = None
+                    self._publish(output)
         finally:
             heartbeat.stop()
             if authenticator is not None:
@@ -94,9 +97,10 @@ class EngineLoop:
             context.destroy(linger=0)
 
     def _beat_during_step(self) -> None:
-        """Heartbeat thread, socket lock held: the last stats again once a step outlasts the interval."""
-        if self.last_stats is not None and time.monotonic() - self.last_stats_s >= STATS_INTERVAL_S:
-            self._broadcast(self.last_stats)
+        """Heartbeat thread, socket lock held: fresh stats (with the step's running time, which
+        tells a stalled step from a long one) once a step outlasts the interval."""
+        if time.monotonic() - self.last_stats_s >= STATS_INTERVAL_S:
+            self._broadcast(self._stats())
 
     def _drain(self) -> None:
         for inbox, handle in ((self.router, self._register), (self.pull, self._handle)):
@@ -172,12 +176,14 @@ class EngineLoop:
     def _stats(self) -> EngineStats:
         scheduler = self.core.scheduler
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        started = self.step_started_s
         return EngineStats(
             num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
             kv_usage=scheduler.block_manager.usage, num_prompt_tokens=self.num_prompt_tokens,
             num_generation_tokens=self.num_generation_tokens,
             num_prefix_cache_queries=scheduler.num_cache_queries, num_prefix_cache_hits=scheduler.num_cache_hits,
-            num_preemptions=scheduler.num_preemptions, cpu_seconds=usage.ru_utime + usage.ru_stime)
+            num_preemptions=scheduler.num_preemptions, cpu_seconds=usage.ru_utime + usage.ru_stime,
+            step_running_s=0.0 if started is None else time.monotonic() - started)
 
 
 def _freeze_startup_objects() -> None:

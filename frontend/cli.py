@@ -52,6 +52,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     launch.set_title("forge-frontend")
     config = FrontendConfig(host=args.host, port=args.port, max_num_seqs=args.max_num_seqs,
                             max_queued_requests=args.max_queued_requests, curve_dir=args.curve_dir,
+                            engine_stall_timeout_s=args.engine_stall_timeout,
                             **({"worker_address": args.worker_address} if args.worker_address else {}))
     return launch.serve(args.model, config, args.workers, _engine_options(args), args.engine_address)
 
@@ -63,7 +64,7 @@ def _run_frontend(args: argparse.Namespace) -> int:
     launch.set_title("forge-frontend")
     config = FrontendConfig(host=args.host, port=args.port, worker_address=args.worker_address,
                             max_num_seqs=args.max_num_seqs, max_queued_requests=args.max_queued_requests,
-                            curve_dir=args.curve_dir)
+                            curve_dir=args.curve_dir, engine_stall_timeout_s=args.engine_stall_timeout)
     return launch.serve_frontend(config)
 
 
@@ -120,6 +121,12 @@ def _run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_stall_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine-stall-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="an engine step running this long, or an engine silent this long, is stalled: /health "
+                        "answers 503, and `forge serve` kills the engine and restarts it (requests are replayed)")
+
+
 def _add_curve_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--curve-dir", default=None,
                    help="encrypt and authenticate ZeroMQ sockets with the keys in this directory (`forge keys`)")
@@ -140,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-address", default=None,
                    help="where the engine binds (default: ipc:// in a temp dir); tcp://H:P uses P and P+1")
     _add_engine_options(p)
+    _add_stall_option(p)
     _add_curve_option(p)
     p.set_defaults(run=_run_serve)
 
@@ -149,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-address", default="tcp://127.0.0.1:5557")
     p.add_argument("--max-num-seqs", type=int, default=128)
     p.add_argument("--max-queued-requests", type=int, default=256)
+    _add_stall_option(p)
     _add_curve_option(p)
     p.set_defaults(run=_run_frontend)
 

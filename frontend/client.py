@@ -95,9 +95,11 @@ class RequestStream:
 
 
 class EngineClient:
-    def __init__(self, address: str, max_in_flight: int, curve_dir: str | None = None) -> None:
+    def __init__(self, address: str, max_in_flight: int, curve_dir: str | None = None,
+                 engine_stall_timeout_s: float = 60.0) -> None:
         self.address = address
         self.max_in_flight = max_in_flight
+        self.engine_stall_timeout_s = engine_stall_timeout_s
         self.curve_dir = curve_dir  # None: plain sockets
         self.workers: dict[int, Worker] = {}
         self.streams: dict[int, RequestStream] = {}
@@ -125,8 +127,19 @@ class EngineClient:
 
     @property
     def is_ready(self) -> bool:
-        """A worker is up and hears the engine (workers say so the moment they lose it)."""
-        return any(w.sees_engine for w in self.workers.values())
+        """A worker is up and hears the engine (workers say so the moment they lose it), and the
+        engine's step in progress is not stalled."""
+        return any(w.sees_engine for w in self.workers.values()) and not self.engine_stalled
+
+    @property
+    def engine_stalled(self) -> bool:
+        stats = self.engine_stats
+        return stats is not None and stats.step_running_s > self.engine_stall_timeout_s
+
+    @property
+    def engine_heartbeat_age_s(self) -> float | None:
+        """Seconds since a worker last relayed live engine stats (None: never)."""
+        return None if not self.engine_stats_s else time.monotonic() - self.engine_stats_s
 
     @property
     def num_in_flight(self) -> int:
@@ -203,7 +216,7 @@ class EngineClient:
             if isinstance(message, WorkerHeartbeat):
                 worker.cpu_seconds = message.cpu_seconds
                 worker.sees_engine = message.engine is not None
-                self._note_engine(message.engine)
+                self._note_engine(message.engine, message.engine_age_s)
             elif isinstance(message, TextDeltas):
                 self._route(message)
             elif isinstance(message, TokenizeResult):
@@ -211,9 +224,11 @@ class EngineClient:
                 if future is not None and not future.done():
                     future.set_result(message)
 
-    def _note_engine(self, stats: EngineStats | None) -> None:
-        if stats is not None:
-            self.engine_stats, self.engine_stats_s = stats, time.monotonic()
+    def _note_engine(self, stats: EngineStats | None, age_s: float) -> None:
+        """Keep the freshest stats any worker relays (by when the engine sent them)."""
+        sent_s = time.monotonic() - age_s
+        if stats is not None and sent_s >= self.engine_stats_s:
+            self.engine_stats, self.engine_stats_s = stats, sent_s
 
     def _route(self, deltas: TextDeltas) -> None:
         for i, rid in enumerate(deltas.rids):

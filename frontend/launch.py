@@ -20,6 +20,7 @@ import time
 
 from aiohttp import web
 
+from frontend.client import EngineClient
 from frontend.server import CLIENT, make_app
 from shared.config import FrontendConfig
 
@@ -47,6 +48,7 @@ class Child:
     def __init__(self, name: str, args: list[str]) -> None:
         self.name, self.args = name, args
         self.process = spawn(args)
+        self.started_s = time.monotonic()
         self.restarts: collections.deque[float] = collections.deque()  # monotonic times
 
     def revive(self) -> bool:
@@ -64,8 +66,14 @@ class Child:
         self.restarts.append(now)
         logger.warning("the %s exited (code %s); starting it again (restart %d of %d allowed within %.0f s)",
                        self.name, code, len(self.restarts), RESTART_LIMIT, RESTART_WINDOW_S)
-        self.process = spawn(self.args)
+        self.process, self.started_s = spawn(self.args), time.monotonic()
         return True
+
+    def kill(self, why: str) -> None:
+        """Kill a hung process (revive starts it again)."""
+        logger.error("the %s %s: killing it", self.name, why)
+        self.process.kill()
+        self.process.wait()
 
 
 def stop_children(children: list[subprocess.Popen], grace_s: float = 5.0) -> None:
@@ -104,6 +112,9 @@ async def _serve_http(config: FrontendConfig, children: list[Child], model_label
             await asyncio.sleep(0.05)
         print(f"forge: serving {model_label} on http://{config.host}:{config.port}", flush=True)
         while not stop.is_set():
+            stall = _engine_stall(children[0], app[CLIENT]) if children else None
+            if stall is not None:
+                children[0].kill(stall)
             if not all(child.revive() for child in children):
                 app[CLIENT].fail_all("the server is stopping: a process of it kept crashing", 503)
                 return 1
@@ -114,6 +125,19 @@ async def _serve_http(config: FrontendConfig, children: list[Child], model_label
         return 0
     finally:
         await runner.cleanup()
+
+
+def _engine_stall(engine: Child, client: EngineClient) -> str | None:
+    """Why the engine child counts as hung (None: it does not): a step running past the stall
+    timeout, or no word from it for that long (READY_TIMEOUT_S after a (re)start: loading)."""
+    limit = client.engine_stall_timeout_s
+    if client.engine_stalled:
+        return f"has run one step for over {limit:.0f} s"
+    heard_s = client.engine_stats_s if client.engine_stats_s > engine.started_s else None
+    silent_s = time.monotonic() - (heard_s or engine.started_s)
+    if silent_s > (limit if heard_s else READY_TIMEOUT_S) and engine.process.poll() is None:
+        return f"has been silent for {silent_s:.0f} s"
+    return None
 
 
 def serve(model: str | None, config: FrontendConfig, num_workers: int, engine_args: list[str],

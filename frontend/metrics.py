@@ -38,7 +38,11 @@ class Metrics:
         gauges = {"num_requests_running": ("Requests in the engine's running set", stats and stats.num_running),
                   "num_requests_waiting": ("Requests waiting for KV blocks or a slot", stats and stats.num_waiting),
                   "kv_cache_usage_perc": ("Fraction of KV blocks in use (0-1)", stats and stats.kv_usage),
-                  "tokenizer_workers": ("Live tokenizer workers", len(self.client.workers))}
+                  "tokenizer_workers": ("Live tokenizer workers", len(self.client.workers)),
+                  "engine_heartbeat_age_seconds": ("Seconds since the engine was last heard from (-1: never)",
+                                                   _or_minus_one(self.client.engine_heartbeat_age_s)),
+                  "engine_step_running_seconds": ("How long the engine's step in progress has run",
+                                                  stats and stats.step_running_s)}
         for name, (help_text, value) in gauges.items():
             yield GaugeMetricFamily(f"forge:{name}", help_text, value=value or 0)
         counters = {"prompt_tokens": "Prompt tokens admitted", "generation_tokens": "Tokens generated",
@@ -61,3 +65,7 @@ class Metrics:
                        sum(w.cpu_seconds for w in self.client.workers.values()))
         cpu.add_metric(["engine"], stats.cpu_seconds if stats else 0.0)
         yield cpu
+
+
+def _or_minus_one(value: float | None) -> float:
+    return -1.0 if value is None else value

@@ -256,7 +256,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def make_app(config: FrontendConfig) -> web.Application:
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[openai_errors])
-    client = EngineClient(config.worker_address, config.max_in_flight, config.curve_dir)
+    client = EngineClient(config.worker_address, config.max_in_flight, config.curve_dir,
+                          config.engine_stall_timeout_s)
     app[CONFIG], app[CLIENT], app[METRICS] = config, client, Metrics(client)
 
     async def lifecycle(app: web.Application):

@@ -113,7 +113,8 @@ class TokenizerWorker:
                 usage = resource.getrusage(resource.RUSAGE_SELF)
                 engine = self.engine_stats if self.engine_lost_s is None else None
                 ipc.send(self.frontend.socket, WorkerHeartbeat(self.worker_id, len(self.active),
-                                                               usage.ru_utime + usage.ru_stime, engine))
+                                                               usage.ru_utime + usage.ru_stime, engine,
+                                                               now - self.last_engine_s))
                 last_beat, self.stats_changed = now, False
 
     def _watch_engine(self, now: float) -> None:

@@ -79,6 +79,9 @@ class FrontendConfig:
     max_body_bytes: int = 8 * 2**20
     shutdown_timeout_s: float = 5.0  # on SIGTERM: time to drain before in-flight requests are aborted
     curve_dir: str | None = None  # CURVE keys (`forge keys DIR`); None: plain sockets
+    # A step running this long, or an engine silent this long, is stalled: /health answers 503
+    # and `forge serve` kills and restarts the engine (its requests are replayed).
+    engine_stall_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         _positive("port", self.port)
@@ -86,6 +89,8 @@ class FrontendConfig:
         if self.max_queued_requests < 0:
             raise ValueError(f"max_queued_requests must be >= 0, got {self.max_queued_requests!r}")
         _positive("max_body_bytes", self.max_body_bytes)
+        if not self.engine_stall_timeout_s > 0:
+            raise ValueError(f"engine_stall_timeout_s must be > 0, got {self.engine_stall_timeout_s!r}")
 
     @property
     def max_in_flight(self) -> int:

@@ -181,6 +181,7 @@ class EngineStats(msgspec.Struct, **_WIRE):
     num_prefix_cache_hits: int
     num_preemptions: int
     cpu_seconds: float
+    step_running_s: float = 0.0  # how long the step in progress has run (0 between steps): a stall shows here
 
 
 class TokenDeltas(msgspec.Struct, **_WIRE):
@@ -231,7 +232,8 @@ class WorkerHeartbeat(msgspec.Struct, **_WIRE):
     worker_id: int
     num_active: int
     cpu_seconds: float
-    engine: EngineStats | None  # None until the worker has heard from the engine
+    engine: EngineStats | None  # None until the worker has heard from the engine, and while it has lost it
+    engine_age_s: float = 0.0  # how long ago the engine sent those stats
 
 
 class TokenizeRequest(msgspec.Struct, **_WIRE):

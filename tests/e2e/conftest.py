@@ -5,12 +5,14 @@ import pytest
 from tests.e2e.stack import Stack
 
 MODEL = "smollm2-135m-instruct"
+STALL_TIMEOUT_S = 8
 
 
 @pytest.fixture(scope="session")
 def stack():
-    """One float32 stack for the whole session (float32: comparable with InferenceEngine)."""
-    server = Stack("--dtype", "float32", "--max-queued-requests", "50")
+    """One float32 stack for the whole session (float32: comparable with InferenceEngine); an engine
+    silent for STALL_TIMEOUT_S is restarted (no step of these tests comes near it)."""
+    server = Stack("--dtype", "float32", "--max-queued-requests", "50", "--engine-stall-timeout", str(STALL_TIMEOUT_S))
     yield server
     server.stop()
 

@@ -12,7 +12,7 @@ import time
 import openai
 import psutil
 
-from tests.e2e.conftest import MODEL
+from tests.e2e.conftest import MODEL, STALL_TIMEOUT_S
 from tests.e2e.stack import HttpProbe, forge, free_port
 
 PROMPTS = [f"Write one sentence about the number {i}." for i in range(16)]
@@ -89,6 +89,23 @@ def test_a_killed_engine_is_restarted_and_16_streams_complete_with_their_text(st
     assert _engine_of(stack.process.pid).pid != engine.pid
     assert 503 in seen, "/health never said the engine was gone"
     assert stack.wait_for(lambda: stack.metric("forge:num_requests_running") == 0, timeout_s=5)
+
+
+def test_a_stopped_engine_is_killed_after_the_stall_timeout_and_its_streams_complete(stack, client):
+    """SIGSTOP: the engine is alive but silent. /health turns 503 within seconds, the heartbeat age
+    in /metrics grows, and past the stall timeout `forge serve` kills and replaces it."""
+    reference = _reference(client)[:4]
+    engine = _engine_of(stack.process.pid)
+
+    def stop_engine() -> None:
+        engine.send_signal(signal.SIGSTOP)
+        assert stack.wait_for(lambda: _health(stack) == 503, timeout_s=STALL_TIMEOUT_S)
+        assert stack.metric("forge:engine_heartbeat_age_seconds") >= 2
+
+    texts = asyncio.run(_streams_through_a_kill(stack.url, PROMPTS[:4], stop_engine))
+    assert texts == reference
+    assert not psutil.pid_exists(engine.pid) or engine.status() == psutil.STATUS_ZOMBIE
+    assert stack.wait_for(lambda: _health(stack) == 200, timeout_s=30)
 
 
 def test_a_split_stack_picks_up_an_engine_restarted_by_hand():
