@@ -52,7 +52,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     launch.set_title("forge-frontend")
     config = FrontendConfig(host=args.host, port=args.port, max_num_seqs=args.max_num_seqs,
                             max_queued_requests=args.max_queued_requests, curve_dir=args.curve_dir,
-                            engine_stall_timeout_s=args.engine_stall_timeout,
+                            engine_stall_timeout_s=args.engine_stall_timeout, api_keys=_api_keys(args),
                             **({"worker_address": args.worker_address} if args.worker_address else {}))
     return launch.serve(args.model, config, args.workers, _engine_options(args), args.engine_address)
 
@@ -64,7 +64,8 @@ def _run_frontend(args: argparse.Namespace) -> int:
     launch.set_title("forge-frontend")
     config = FrontendConfig(host=args.host, port=args.port, worker_address=args.worker_address,
                             max_num_seqs=args.max_num_seqs, max_queued_requests=args.max_queued_requests,
-                            curve_dir=args.curve_dir, engine_stall_timeout_s=args.engine_stall_timeout)
+                            curve_dir=args.curve_dir, engine_stall_timeout_s=args.engine_stall_timeout,
+                            api_keys=_api_keys(args))
     return launch.serve_frontend(config)
 
 
@@ -121,7 +122,21 @@ def _run_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_stall_option(p: argparse.ArgumentParser) -> None:
+def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """--api-key flags, then FORGE_API_KEY (comma-separated): the keys a client may present."""
+    import os
+
+    from_env = [key.strip() for key in os.environ.get("FORGE_API_KEY", "").split(",") if key.strip()]
+    return tuple(args.api_key or []) + tuple(from_env)
+
+
+def _add_frontend_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-queued-requests", type=int, default=256)
+    p.add_argument("--api-key", action="append", metavar="KEY",
+                   help="require `Authorization: Bearer KEY` on every route but /health (repeat for several "
+                        "keys; FORGE_API_KEY adds comma-separated ones and keeps them out of the process list)")
     p.add_argument("--engine-stall-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="an engine step running this long, or an engine silent this long, is stalled: /health "
                         "answers 503, and `forge serve` kills the engine and restarts it (requests are replayed)")
@@ -138,26 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the OpenAI API: frontend, tokenizer workers and engine")
     p.add_argument("model", nargs="?", default=None, help="HF directory or .gguf file (default: embedded SmolLM2)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    _add_frontend_options(p)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--max-queued-requests", type=int, default=256)
     p.add_argument("--worker-address", default=None,
                    help="where workers reach the frontend (default: ipc:// in a temp dir); tcp://H:P to attach more")
     p.add_argument("--engine-address", default=None,
                    help="where the engine binds (default: ipc:// in a temp dir); tcp://H:P uses P and P+1")
     _add_engine_options(p)
-    _add_stall_option(p)
     _add_curve_option(p)
     p.set_defaults(run=_run_serve)
 
     p = sub.add_parser("frontend", help="run the HTTP frontend alone; workers attach to --worker-address")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    _add_frontend_options(p)
     p.add_argument("--worker-address", default="tcp://127.0.0.1:5557")
     p.add_argument("--max-num-seqs", type=int, default=128)
-    p.add_argument("--max-queued-requests", type=int, default=256)
-    _add_stall_option(p)
     _add_curve_option(p)
     p.set_defaults(run=_run_frontend)
 

@@ -22,7 +22,8 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
-        self.kind = kind or {400: "BadRequestError", 404: "NotFoundError", 413: "RequestTooLargeError",
+        self.kind = kind or {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
+                             413: "RequestTooLargeError",
                              429: "RateLimitError", 503: "ServiceUnavailableError"}.get(status, "InternalServerError")
 
     def body(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 
@@ -45,6 +46,26 @@ async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
     except Exception:  # a bug: log it, answer 500 with a body
         logger.exception("unhandled error in %s", request.path)
         return web.json_response(api.ApiError(500, "internal server error").body(), status=500)
+
+
+def api_key_check(keys: tuple[str, ...]):
+    """Middleware: every route but /health needs `Authorization: Bearer KEY` with one of `keys`,
+    compared in constant time; else 401 with an OpenAI error body. Keys are never logged."""
+    expected = [key.encode() for key in keys]
+
+    @web.middleware
+    async def check(request: web.Request, handler) -> web.StreamResponse:
+        if request.path != "/health":
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            given_bytes = given.strip().encode()
+            # every key compared, so the time taken says nothing about which one came close
+            matches = [hmac.compare_digest(given_bytes, key) for key in expected]
+            if scheme.lower() != "bearer" or not any(matches):
+                return web.json_response(api.ApiError(401, "a valid API key is required: send `Authorization: "
+                                                           "Bearer KEY`").body(), status=401)
+        return await handler(request)
+
+    return check
 
 
 def _served_model(request: web.Request, model: str) -> str:
@@ -255,7 +276,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def make_app(config: FrontendConfig) -> web.Application:
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[openai_errors])
+    middlewares = [openai_errors] + ([api_key_check(config.api_keys)] if config.api_keys else [])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     client = EngineClient(config.worker_address, config.max_in_flight, config.curve_dir,
                           config.engine_stall_timeout_s)
     app[CONFIG], app[CLIENT], app[METRICS] = config, client, Metrics(client)

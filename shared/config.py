@@ -82,6 +82,7 @@ class FrontendConfig:
     # A step running this long, or an engine silent this long, is stalled: /health answers 503
     # and `forge serve` kills and restarts the engine (its requests are replayed).
     engine_stall_timeout_s: float = 60.0
+    api_keys: tuple[str, ...] = ()  # any of them as `Authorization: Bearer KEY`; () : no authentication
 
     def __post_init__(self) -> None:
         _positive("port", self.port)
@@ -89,6 +90,8 @@ class FrontendConfig:
         if self.max_queued_requests < 0:
             raise ValueError(f"max_queued_requests must be >= 0, got {self.max_queued_requests!r}")
         _positive("max_body_bytes", self.max_body_bytes)
+        if any(not key or key != key.strip() for key in self.api_keys):
+            raise ValueError("an API key must be non-empty, without surrounding spaces")
         if not self.engine_stall_timeout_s > 0:
             raise ValueError(f"engine_stall_timeout_s must be > 0, got {self.engine_stall_timeout_s!r}")
 

@@ -20,6 +20,14 @@ from tests.e2e.stack import REPO, free_port
 ADDRESS = re.compile(r"^tcp://([\w.\-]+):(\d+)$")
 
 
+COMPOSE_VARIABLES = {"FORGE_API_KEY": "sk-compose-test"}  # as if exported before `docker compose up`
+
+
+def _interpolate(value: str) -> str:
+    """Compose's `${NAME:-default}` with COMPOSE_VARIABLES as the shell environment."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: COMPOSE_VARIABLES.get(m[1], m[2]), value)
+
+
 def _load() -> dict:
     with open(os.path.join(REPO, "docker-compose.yml"), encoding="utf-8") as f:
         return yaml.safe_load(f)
@@ -71,7 +79,7 @@ def test_compose_stack_serves_a_chat_completion(tmp_path):
             service = services[name]
             command = _localize(service["command"], set(services), ports)
             assert command[0] == "forge"
-            env = dict(os.environ, **{k: str(v).replace("/cache", str(tmp_path)) for k, v in
+            env = dict(os.environ, **{k: _interpolate(str(v)).replace("/cache", str(tmp_path)) for k, v in
                                       (service.get("environment") or {}).items()})
             for _ in range(replicas):
                 processes.append(subprocess.Popen([sys.executable, "-m", "frontend.cli", *command[1:]], cwd=REPO,
@@ -82,7 +90,8 @@ def test_compose_stack_serves_a_chat_completion(tmp_path):
             assert time.monotonic() < deadline, "the compose stack did not become ready"
             assert all(p.poll() is None for p in processes), "a service exited"
             time.sleep(0.2)
-        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
+        client = openai.OpenAI(base_url=url + "/v1", api_key=COMPOSE_VARIABLES["FORGE_API_KEY"], max_retries=0,
+                               timeout=60)
         response = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=12, temperature=0,
                                                   messages=[{"role": "user", "content": "Say hi."}])
         assert response.choices[0].message.content
