@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 
 from engine.model_runner import ModelRunner
 from engine.request import Request
-from engine.scheduler import Scheduler
+from engine.scheduler import ScheduledBatch, Scheduler
 from engine.step_output import NO_LOGPROBS, StepOutput
 from shared.messages import SamplingParams, TokenLogprob
+
+logger = logging.getLogger("forge.engine")
 
 
 class EngineCore:
@@ -45,11 +48,44 @@ class EngineCore:
         if batch.is_empty:
             output, finished = StepOutput.empty(), self.scheduler.update_from_output(batch, [])
         else:
-            sampled, logprobs = self.runner.execute(batch)
+            sampled, logprobs = self._execute(batch)
             finished = self.scheduler.update_from_output(batch, sampled)
             output = _gains(batch.requests, sampled, logprobs)
         output.add_finished(finished)
         return output
+
+
+    def _execute(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprob | None] | None]:
+        """runner.execute; when it raises, the batch is run again in halves, recursively, down to
+        the requests that fail alone: those end with an error naming the cause, the others are
+        sampled as in one step (a retry that succeeds whole costs one more forward pass)."""
+        try:
+            return self.runner.execute(batch)
+        except Exception as exc:  # noqa: BLE001 (any failure of one request's must not end the others)
+            logger.warning("a step of %d requests failed (%s: %s); finding the failing ones", len(batch.requests),
+                           type(exc).__name__, exc)
+        num_seqs = len(batch.requests)
+        sampled: list[int | None] = [None] * num_seqs
+        logprobs: list[TokenLogprob | None] = [None] * num_seqs
+
+        def run(rows: list[int]) -> None:
+            try:
+                part_sampled, part_logprobs = self.runner.execute(batch.subset(rows))
+            except Exception as exc:  # noqa: BLE001
+                if len(rows) > 1:
+                    run(rows[:len(rows) // 2])
+                    run(rows[len(rows) // 2:])
+                    return
+                request = batch.requests[rows[0]]
+                logger.error("request %d fails the step alone: %s: %s", request.rid, type(exc).__name__, exc)
+                self.scheduler.fail(request, f"the engine failed on this request: {type(exc).__name__}: {exc}")
+                return
+            for i, row in enumerate(rows):
+                sampled[row] = part_sampled[i]
+                logprobs[row] = None if part_logprobs is None else part_logprobs[i]
+
+        run(list(range(num_seqs)))
+        return sampled, (logprobs if any(lp is not None for lp in logprobs) else None)
 
 
 def _gains(requests: list[Request], sampled: list[int | None],

@@ -28,6 +28,8 @@ class ModelRunner:
         self.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)  # see kernels/contract.py
         self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(config.num_layers)]
         self.graphs: DecodeGraphs | None = None
+        # Tests: called with each batch before it runs; raising there simulates a failing step.
+        self.inject_fault: Callable[[ScheduledBatch], None] | None = None
 
     @staticmethod
     def kv_bytes_per_block(model: Llama, block_size: int) -> int:
@@ -62,6 +64,8 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprob | None] | None]:
         """Run one step. Returns, per scheduled request, the sampled token (None for a prompt
         chunk that does not reach its end) and its logprobs (None: no request asked for them)."""
+        if self.inject_fault is not None:
+            self.inject_fault(batch)
         sampling_rows = batch.sampling_rows
         logits = self._decode_from_graph(batch)  # [num_seqs, vocab] or None
         if logits is None:

@@ -40,6 +40,13 @@ class ScheduledBatch:
         self.requests.append(request)
         self.num_new_tokens.append(num_new)
 
+    def subset(self, rows: list[int]) -> ScheduledBatch:
+        """The batch of only `rows` (indices into requests), in their order."""
+        batch = ScheduledBatch()
+        for row in rows:
+            batch.add(self.requests[row], self.num_new_tokens[row])
+        return batch
+
     def samples(self, index: int) -> bool:
         """Whether request `index` reaches its last token this step (and so samples one)."""
         return index in self.sampling_rows
@@ -83,6 +90,11 @@ class Scheduler:
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
+
+    def fail(self, request: Request, error: str) -> None:
+        """End `request` with ERROR and free its blocks (a step it was in failed because of it)."""
+        if not request.is_finished:
+            self._finish(request, FinishReason.ERROR, error)
 
     # --- one step -------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
