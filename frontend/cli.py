@@ -53,6 +53,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     config = FrontendConfig(host=args.host, port=args.port, max_num_seqs=args.max_num_seqs,
                             max_queued_requests=args.max_queued_requests, curve_dir=args.curve_dir,
                             engine_stall_timeout_s=args.engine_stall_timeout, api_keys=_api_keys(args),
+                            request_timeout_s=args.request_timeout, max_queue_wait_s=args.max_queue_wait,
                             **({"worker_address": args.worker_address} if args.worker_address else {}))
     return launch.serve(args.model, config, args.workers, _engine_options(args), args.engine_address)
 
@@ -65,7 +66,8 @@ def _run_frontend(args: argparse.Namespace) -> int:
     config = FrontendConfig(host=args.host, port=args.port, worker_address=args.worker_address,
                             max_num_seqs=args.max_num_seqs, max_queued_requests=args.max_queued_requests,
                             curve_dir=args.curve_dir, engine_stall_timeout_s=args.engine_stall_timeout,
-                            api_keys=_api_keys(args))
+                            api_keys=_api_keys(args), request_timeout_s=args.request_timeout,
+                            max_queue_wait_s=args.max_queue_wait)
     return launch.serve_frontend(config)
 
 
@@ -137,6 +139,11 @@ def _add_frontend_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", action="append", metavar="KEY",
                    help="require `Authorization: Bearer KEY` on every route but /health (repeat for several "
                         "keys; FORGE_API_KEY adds comma-separated ones and keeps them out of the process list)")
+    p.add_argument("--request-timeout", type=float, default=None, metavar="SECONDS",
+                   help="end a request running longer, with its text so far and finish_reason \"timeout\" "
+                        "(a request's own \"request_timeout\" field can only lower it)")
+    p.add_argument("--max-queue-wait", type=float, default=None, metavar="SECONDS",
+                   help="a request with no token after this long (queued behind others) gets 503 and Retry-After")
     p.add_argument("--engine-stall-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="an engine step running this long, or an engine silent this long, is stalled: /health "
                         "answers 503, and `forge serve` kills the engine and restarts it (requests are replayed)")

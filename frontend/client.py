@@ -12,12 +12,13 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 import msgspec
 import zmq
 import zmq.asyncio
 
+from frontend.request_stream import RequestStream, StreamEvent
 from shared import ipc
 from shared.messages import (
     AbortRequest,
@@ -25,7 +26,6 @@ from shared.messages import (
     FinishReason,
     GenerateRequest,
     TextDeltas,
-    TextLogprob,
     ToFrontend,
     TokenizeResult,
     WorkerHeartbeat,
@@ -45,20 +45,6 @@ class QueueFull(Exception):
 
 
 @dataclasses.dataclass
-class StreamEvent:
-    """What one engine step added to one request."""
-
-    text: str
-    finish: FinishReason
-    num_prompt_tokens: int
-    num_output_tokens: int
-    num_cached_tokens: int
-    error: str
-    error_code: int
-    logprobs: list[TextLogprob]
-
-
-@dataclasses.dataclass
 class Worker:
     worker_id: int
     identity: bytes
@@ -71,35 +57,13 @@ class Worker:
     sees_engine: bool = False  # its last heartbeat carried live engine stats
 
 
-class RequestStream:
-    """Async iterator of StreamEvents for one rid; `close()` aborts it if still running."""
-
-    def __init__(self, client: EngineClient, rid: int, worker: Worker) -> None:
-        self.client, self.rid, self.worker = client, rid, worker
-        self.queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
-        self.finished = False
-        self.wants_logprobs = False
-
-    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        while not self.finished:
-            event = await self.queue.get()
-            if event.finish:
-                self.finished = True
-            yield event
-
-    def close(self) -> None:
-        if not self.finished:
-            self.finished = True
-            self.client.abort(self)
-        self.client.forget(self)
-
-
 class EngineClient:
     def __init__(self, address: str, max_in_flight: int, curve_dir: str | None = None,
-                 engine_stall_timeout_s: float = 60.0) -> None:
+                 engine_stall_timeout_s: float = 60.0, max_queue_wait_s: float | None = None) -> None:
         self.address = address
         self.max_in_flight = max_in_flight
         self.engine_stall_timeout_s = engine_stall_timeout_s
+        self.max_queue_wait_s = max_queue_wait_s
         self.curve_dir = curve_dir  # None: plain sockets
         self.workers: dict[int, Worker] = {}
         self.streams: dict[int, RequestStream] = {}
@@ -145,8 +109,9 @@ class EngineClient:
     def num_in_flight(self) -> int:
         return len(self.streams)
 
-    def submit(self, make_request: callable) -> RequestStream:
-        """Send `make_request(rid)` (a GenerateRequest) to the least-loaded live worker."""
+    def submit(self, make_request: callable, timeout_s: float | None = None) -> RequestStream:
+        """Send `make_request(rid)` (a GenerateRequest) to the least-loaded live worker; it may run
+        `timeout_s` seconds (None: no limit)."""
         if not self.is_ready:
             raise Unavailable("the engine or its tokenizer workers are not ready")
         if len(self.streams) >= self.max_in_flight:
@@ -154,7 +119,9 @@ class EngineClient:
         worker = self._least_loaded(w for w in self.workers.values() if w.sees_engine)
         rid = next(self._rids)
         request: GenerateRequest = make_request(rid)
-        stream = RequestStream(self, rid, worker)
+        now = time.monotonic()
+        stream = RequestStream(self, rid, worker, None if timeout_s is None else now + timeout_s,
+                               None if self.max_queue_wait_s is None else now + self.max_queue_wait_s)
         stream.wants_logprobs = request.params.logprobs is not None
         self.streams[rid] = stream
         worker.num_in_flight += 1
@@ -235,10 +202,31 @@ class EngineClient:
             stream = self.streams.get(rid)
             if stream is None:
                 continue
-            stream.queue.put_nowait(StreamEvent(
+            stream.latest = StreamEvent(
                 deltas.texts[i], FinishReason(deltas.finish[i]), deltas.num_prompt_tokens[i],
                 deltas.num_output_tokens[i], deltas.num_cached_tokens[i], deltas.errors[i],
-                deltas.error_codes[i], deltas.logprobs[i]))
+                deltas.error_codes[i], deltas.logprobs[i])
+            stream.queue.put_nowait(stream.latest)
+
+    def _enforce_deadlines(self, now: float) -> None:
+        """End each stream past its deadline (TIMEOUT: its text so far stands) or still without a
+        token past the queue wait (503, retry later); the engine frees it either way."""
+        for stream in list(self.streams.values()):
+            if stream.expired or stream.finished:
+                continue
+            if stream.latest is None and stream.first_token_deadline_s is not None \
+                    and now > stream.first_token_deadline_s:
+                event = StreamEvent("", FinishReason.ERROR, 0, 0, 0, f"no token after {self.max_queue_wait_s:g} s "
+                                    "in the queue (--max-queue-wait); retry later", 503, [])
+            elif stream.deadline_s is not None and now > stream.deadline_s:
+                counts = (0, 0, 0) if stream.latest is None else (
+                    stream.latest.num_prompt_tokens, stream.latest.num_output_tokens, stream.latest.num_cached_tokens)
+                event = StreamEvent("", FinishReason.TIMEOUT, *counts, "", 0, [])
+            else:
+                continue
+            stream.expired = True
+            self.abort(stream)
+            stream.queue.put_nowait(event)
 
     def fail_all(self, reason: str, code: int) -> None:
         """End every stream in flight with an error (the server is going down)."""
@@ -250,6 +238,7 @@ class EngineClient:
         while True:
             await asyncio.sleep(0.5)
             now = time.monotonic()
+            self._enforce_deadlines(now)
             for worker in [w for w in self.workers.values() if now - w.last_seen_s > WORKER_SILENCE_S]:
                 logger.warning("tokenizer worker %d stopped responding; failing its requests", worker.worker_id)
                 del self.workers[worker.worker_id]

@@ -65,6 +65,8 @@ class _Common(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ignore_eos: bool = False
     min_tokens: int = 0
     stop_token_ids: list[int] = []
+    # Forge's: end this request after this many seconds (at most the server's --request-timeout)
+    request_timeout: float | None = None
 
 
 class CompletionRequest(_Common, kw_only=True):
@@ -128,6 +130,14 @@ def check_common(request: _Common) -> None:
     _require(not request.logit_bias, "logit_bias", "logit_bias is not supported")
     _require(request.stream or request.stream_options is None, "stream_options",
              "stream_options is only allowed with stream=true")
+    _require(request.request_timeout is None or request.request_timeout > 0, "request_timeout",
+             "request_timeout must be a positive number of seconds")
+
+
+def request_timeout(request: _Common, server_limit_s: float | None) -> float | None:
+    """Seconds the request may run: its own request_timeout, capped by the server's limit."""
+    limits = [t for t in (request.request_timeout, server_limit_s) if t is not None]
+    return min(limits) if limits else None
 
 
 def stop_strings(request: _Common) -> list[str]:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
-import logging
 import time
 
 from aiohttp import web
 
 from frontend import openai_api as api
-from frontend.client import EngineClient, QueueFull, RequestStream, StreamEvent, Unavailable
+from frontend.client import EngineClient, Unavailable
 from frontend.metrics import Metrics
+from frontend.middlewares import api_key_check, openai_errors
+from frontend.request_stream import RequestStream, StreamEvent
 from shared.config import FrontendConfig
 from shared.messages import FinishReason, GenerateRequest, TokenizeRequest
 
@@ -21,51 +21,6 @@ CONFIG = web.AppKey("config", FrontendConfig)
 # No Connection header: aiohttp writes the one it will act on (close when the request asked for it).
 # A fixed "keep-alive" made pooling clients reuse connections the server was closing (resets).
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-RETRY_SOON = {"Retry-After": "5"}  # seconds: about what an engine restart takes with a small model
-logger = logging.getLogger("forge.frontend")
-
-
-@web.middleware
-async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
-    """Every failure becomes an OpenAI error body with the right status, never a bare 500."""
-    try:
-        return await handler(request)
-    except api.ApiError as exc:
-        return web.json_response(exc.body(), status=exc.status)
-    except Unavailable as exc:  # an engine restarting is back in seconds: say when to try again
-        return web.json_response(api.ApiError(503, str(exc)).body(), status=503, headers=RETRY_SOON)
-    except QueueFull as exc:
-        return web.json_response(api.ApiError(429, str(exc)).body(), status=429, headers=RETRY_SOON)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = "the request body is too large" if exc.status == 413 else exc.reason
-        return web.json_response(api.ApiError(exc.status, message).body(), status=exc.status)
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:  # a bug: log it, answer 500 with a body
-        logger.exception("unhandled error in %s", request.path)
-        return web.json_response(api.ApiError(500, "internal server error").body(), status=500)
-
-
-def api_key_check(keys: tuple[str, ...]):
-    """Middleware: every route but /health needs `Authorization: Bearer KEY` with one of `keys`,
-    compared in constant time; else 401 with an OpenAI error body. Keys are never logged."""
-    expected = [key.encode() for key in keys]
-
-    @web.middleware
-    async def check(request: web.Request, handler) -> web.StreamResponse:
-        if request.path != "/health":
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            given_bytes = given.strip().encode()
-            # every key compared, so the time taken says nothing about which one came close
-            matches = [hmac.compare_digest(given_bytes, key) for key in expected]
-            if scheme.lower() != "bearer" or not any(matches):
-                return web.json_response(api.ApiError(401, "a valid API key is required: send `Authorization: "
-                                                           "Bearer KEY`").body(), status=401)
-        return await handler(request)
-
-    return check
 
 
 def _served_model(request: web.Request, model: str) -> str:
@@ -117,8 +72,9 @@ async def _respond(request: web.Request, body, model: str, jobs: list, kind: str
     client = request.app[CLIENT]
     streams: list[RequestStream] = []
     try:
+        timeout_s = api.request_timeout(body, request.app[CONFIG].request_timeout_s)
         for job in jobs:
-            streams.append(client.submit(job))
+            streams.append(client.submit(job, timeout_s))
         if body.stream:
             return await _stream(request, body, model, streams, kind)
         return await _collect(request, model, streams, kind, body.n)
@@ -279,7 +235,7 @@ def make_app(config: FrontendConfig) -> web.Application:
     middlewares = [openai_errors] + ([api_key_check(config.api_keys)] if config.api_keys else [])
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     client = EngineClient(config.worker_address, config.max_in_flight, config.curve_dir,
-                          config.engine_stall_timeout_s)
+                          config.engine_stall_timeout_s, config.max_queue_wait_s)
     app[CONFIG], app[CLIENT], app[METRICS] = config, client, Metrics(client)
 
     async def lifecycle(app: web.Application):

@@ -83,6 +83,8 @@ class FrontendConfig:
     # and `forge serve` kills and restarts the engine (its requests are replayed).
     engine_stall_timeout_s: float = 60.0
     api_keys: tuple[str, ...] = ()  # any of them as `Authorization: Bearer KEY`; () : no authentication
+    request_timeout_s: float | None = None  # a request running longer ends with its text so far (None: never)
+    max_queue_wait_s: float | None = None  # no first token after this long: 503, retry later (None: wait)
 
     def __post_init__(self) -> None:
         _positive("port", self.port)
@@ -92,6 +94,9 @@ class FrontendConfig:
         _positive("max_body_bytes", self.max_body_bytes)
         if any(not key or key != key.strip() for key in self.api_keys):
             raise ValueError("an API key must be non-empty, without surrounding spaces")
+        for name in ("request_timeout_s", "max_queue_wait_s"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 (or None), got {getattr(self, name)!r}")
         if not self.engine_stall_timeout_s > 0:
             raise ValueError(f"engine_stall_timeout_s must be > 0, got {self.engine_stall_timeout_s!r}")
 

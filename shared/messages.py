@@ -22,6 +22,7 @@ class FinishReason(enum.IntEnum):
     LENGTH = 2  # max_tokens or the model's context reached
     ABORT = 3  # aborted by the client
     ERROR = 4  # the engine could not serve it (the error text says why)
+    TIMEOUT = 5  # ran past its deadline (--request-timeout or its request_timeout): the text so far
 
     @property
     def openai_name(self) -> str | None:
@@ -35,6 +36,7 @@ _OPENAI_NAMES = {
     FinishReason.LENGTH: "length",
     FinishReason.ABORT: "abort",
     FinishReason.ERROR: "error",
+    FinishReason.TIMEOUT: "timeout",
 }
 
 

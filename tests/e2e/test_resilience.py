@@ -114,3 +114,19 @@ def test_a_tokenize_call_to_a_worker_that_goes_silent_fails_fast(two_worker_stac
     finally:
         extra.kill()
         extra.wait()
+
+
+def test_a_request_past_its_timeout_ends_with_its_text_so_far_and_is_freed(stack, client):
+    timeout = {"max_tokens": 3000, "extra_body": {"ignore_eos": True, "request_timeout": 1.0}}
+    started = time.monotonic()
+    answer = client.completions.create(model=MODEL, prompt="Tell me a long story.", **timeout)
+    took = time.monotonic() - started
+    choice = answer.choices[0]
+    assert choice.finish_reason == "timeout" and choice.text and answer.usage.completion_tokens > 0
+    assert 1.0 <= took < 3.0, took
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "A story?"}],
+                                            stream=True, **timeout)
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason == "timeout"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert stack.wait_for(lambda: _idle(stack), timeout_s=3.0), "a timed-out request kept its KV blocks"
