@@ -27,8 +27,10 @@ def serve(model: str | None, options: dict[str, Any], served_model_name: str | N
     engine = InferenceEngine.from_pretrained(model, **options)
     name = served_model_name or os.path.basename(os.path.normpath(model or DEFAULT_MODEL_NAME))
     router, pull = engine_addresses(address)
-    print(f"forge-engine: {engine.description}", file=sys.stderr, flush=True)
-    EngineLoop(engine.core, announcement(engine, name), pull, router, curve_dir).run()
+    ready = announcement(engine, name)
+    print(f"forge-engine: {name}: {engine.description}; {ready.num_kv_blocks} KV blocks of {ready.block_size} "
+          f"tokens, max model length {ready.max_model_len}", file=sys.stderr, flush=True)
+    EngineLoop(engine.core, ready, pull, router, curve_dir).run()
 
 
 def announcement(engine: InferenceEngine, name: str) -> EngineReady:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import secrets
 import sys
@@ -11,6 +12,8 @@ import sys
 from shared import ipc
 from shared.config import KERNEL_KINDS, WEIGHT_FORMATS
 from shared.messages import SamplingParams
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -55,7 +58,8 @@ def _run_serve(args: argparse.Namespace) -> int:
                             engine_stall_timeout_s=args.engine_stall_timeout, api_keys=_api_keys(args),
                             request_timeout_s=args.request_timeout, max_queue_wait_s=args.max_queue_wait,
                             **({"worker_address": args.worker_address} if args.worker_address else {}))
-    return launch.serve(args.model, config, args.workers, _engine_options(args), args.engine_address)
+    return launch.serve(args.model, config, args.workers, _engine_options(args), args.engine_address,
+                        ["--log-level", args.log_level])
 
 
 def _run_frontend(args: argparse.Namespace) -> int:
@@ -156,9 +160,13 @@ def _add_curve_option(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forge", description="Forge LLM inference server")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default="warning", choices=LOG_LEVELS,
+                        help="how much each process logs (forge serve passes it on to its children)")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = functools.partial(sub.add_parser, parents=[common])
 
-    p = sub.add_parser("serve", help="serve the OpenAI API: frontend, tokenizer workers and engine")
+    p = add_parser("serve", help="serve the OpenAI API: frontend, tokenizer workers and engine")
     p.add_argument("model", nargs="?", default=None, help="HF directory or .gguf file (default: embedded SmolLM2)")
     _add_frontend_options(p)
     p.add_argument("--workers", type=int, default=1)
@@ -170,32 +178,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_curve_option(p)
     p.set_defaults(run=_run_serve)
 
-    p = sub.add_parser("frontend", help="run the HTTP frontend alone; workers attach to --worker-address")
+    p = add_parser("frontend", help="run the HTTP frontend alone; workers attach to --worker-address")
     _add_frontend_options(p)
     p.add_argument("--worker-address", default="tcp://127.0.0.1:5557")
     p.add_argument("--max-num-seqs", type=int, default=128)
     _add_curve_option(p)
     p.set_defaults(run=_run_frontend)
 
-    p = sub.add_parser("engine", help="run the engine process (owns the device)")
+    p = add_parser("engine", help="run the engine process (owns the device)")
     p.add_argument("--model", default=None)
     p.add_argument("--engine", required=True, help="address to bind, e.g. tcp://0.0.0.0:5555 (uses P and P+1)")
     _add_engine_options(p)
     _add_curve_option(p)
     p.set_defaults(run=_run_engine)
 
-    p = sub.add_parser("worker", help="attach one tokenizer worker to a running frontend and engine")
+    p = add_parser("worker", help="attach one tokenizer worker to a running frontend and engine")
     p.add_argument("--frontend", required=True, help="the frontend's worker address, e.g. tcp://host:5557")
     p.add_argument("--engine", required=True, help="the engine's address, e.g. tcp://host:5555")
     p.add_argument("--worker-id", type=int, default=None, help="unique id (default: random)")
     _add_curve_option(p)
     p.set_defaults(run=_run_worker)
 
-    p = sub.add_parser("keys", help="create CURVE keys for encrypted cross-host sockets")
+    p = add_parser("keys", help="create CURVE keys for encrypted cross-host sockets")
     p.add_argument("directory")
     p.set_defaults(run=_run_keys)
 
-    p = sub.add_parser("generate", help="generate text in-process and stream it to stdout")
+    p = add_parser("generate", help="generate text in-process and stream it to stdout")
     p.add_argument("prompt", help="the prompt (with --chat: the user message)")
     p.add_argument("--model", default=None, help="HF directory or .gguf file (default: embedded SmolLM2)")
     p.add_argument("--device", default="cpu")
@@ -211,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(name)s: %(message)s")
     try:
         return args.run(args)
     except (ValueError, TypeError, ipc.BindError) as exc:  # bad input: one clear line, no traceback

@@ -141,14 +141,15 @@ def _engine_stall(engine: Child, client: EngineClient) -> str | None:
 
 
 def serve(model: str | None, config: FrontendConfig, num_workers: int, engine_args: list[str],
-          engine_address: str | None = None) -> int:
-    """Without explicit addresses the stack talks over ipc:// sockets in a fresh temp dir."""
+          engine_address: str | None = None, child_args: list[str] = ()) -> int:
+    """`child_args`: flags for every child (the log level)."""
+    # Without explicit addresses the stack talks over ipc:// sockets in a fresh temp dir (mode 0700).
     run_dir = tempfile.mkdtemp(prefix="forge-")
     engine_address = engine_address or f"ipc://{run_dir}/engine"
     if config.worker_address == FrontendConfig.worker_address:
         config = dataclasses.replace(config, worker_address=f"ipc://{run_dir}/workers")
     model_args = ["--model", model] if model else []
-    curve_args = ["--curve-dir", config.curve_dir] if config.curve_dir else []
+    curve_args = [*child_args, *(["--curve-dir", config.curve_dir] if config.curve_dir else [])]
     children = [Child("engine", ["engine", *model_args, "--engine", engine_address, *curve_args, *engine_args])]
     children += [Child(f"tokenizer worker {i}", ["worker", "--frontend", config.worker_address, "--engine",
                                                  engine_address, "--worker-id", str(i), *curve_args])

@@ -108,6 +108,11 @@ def create_keys(directory: str) -> None:
     import zmq.auth
 
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    existing = [f"{name}{suffix}" for name in (_SERVER, _CLIENT) for suffix in (".key", ".key_secret")
+                if os.path.exists(os.path.join(directory, f"{name}{suffix}"))]
+    if existing:  # keys in use elsewhere would stop matching: never replace them silently
+        raise ValueError(f"{directory} already holds CURVE keys ({', '.join(existing)}); remove them first "
+                         "to make new ones")
     for name in (_SERVER, _CLIENT):
         zmq.auth.create_certificates(directory, name)
 

@@ -48,3 +48,13 @@ def test_missing_key_files_are_a_clear_error(tmp_path):
                              "--engine", "tcp://127.0.0.1:2", "--curve-dir", str(tmp_path)],
                             check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "client.key_secret is missing" in result.stderr
+
+
+def test_forge_keys_never_overwrites_existing_keys(keys):
+    with open(f"{keys}/server.key", "rb") as f:
+        before = f.read()
+    result = subprocess.run([sys.executable, "-m", "frontend.cli", "keys", keys], check=False, cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "already holds CURVE keys" in result.stderr
+    with open(f"{keys}/server.key", "rb") as f:
+        assert f.read() == before

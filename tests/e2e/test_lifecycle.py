@@ -23,7 +23,7 @@ def _all_gone(processes: list[psutil.Process], timeout_s: float) -> bool:
 
 
 def test_sigterm_aborts_in_flight_requests_and_stops_every_child():
-    stack = Stack("--workers", "2")
+    stack = Stack("--workers", "2", "--log-level", "info")
     children = _children(stack.process.pid)
     assert len(children) == 3  # engine and two workers
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
