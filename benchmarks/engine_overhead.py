@@ -116,9 +116,10 @@ def measure(num_running: int, steps: int) -> dict[str, float]:
     gc.freeze()  # as the engine and worker processes do once started, before any request
     params = SamplingParams(max_tokens=4000, temperature=0.0, ignore_eos=True)
     for rid in range(num_running):
-        engine.core.add_request(rid, [(rid * 31 + j) % 200 + 40 for j in range(PROMPT_LEN)], params)
-        loop.worker_of[rid] = 1
-        worker.active[rid] = InFlight(rid, [], params, TextStream(tokenizer, []), "")
+        state = InFlight(rid, [], params, TextStream(tokenizer, []), "")
+        engine.core.add_request(state.engine_rid, [(rid * 31 + j) % 200 + 40 for j in range(PROMPT_LEN)], params)
+        loop.worker_of[state.engine_rid] = 1
+        worker.active[rid] = state
     while engine.core.scheduler.waiting or any(r.num_output_tokens == 0 for r in engine.core.scheduler.running):
         loop._publish(engine.core.step())  # prefill: not measured
     chunks = [_timed_chunk(engine, loop, worker, timings, encoded, decoder, CHUNK_STEPS)

@@ -2,7 +2,8 @@
 
 Workers connect to our ROUTER and say WorkerReady; each heartbeat carries the engine's latest
 stats (None once the engine has gone quiet). A request goes to the least-loaded live worker and
-stays with it. A worker silent for WORKER_SILENCE_S is dropped and its requests end with an error.
+stays with it. A worker silent for WORKER_SILENCE_S (or replaced by a restart) is dropped and its
+requests are replayed to another worker, continuing from the tokens they had streamed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import zmq.asyncio
 from frontend.request_stream import RequestStream, StreamEvent
 from shared import ipc
 from shared.messages import (
+    MAX_ATTEMPTS,
     AbortRequest,
     EngineStats,
     FinishReason,
@@ -33,6 +35,7 @@ from shared.messages import (
 )
 
 WORKER_SILENCE_S = 3.0
+ORPHAN_WAIT_S = 30.0  # a dead worker's request waits this long for another worker to take it over
 logger = logging.getLogger("forge.frontend")
 
 
@@ -117,17 +120,23 @@ class EngineClient:
         if len(self.streams) >= self.max_in_flight:
             raise QueueFull(f"the server is at capacity ({self.max_in_flight} requests in flight); retry later")
         worker = self._least_loaded(w for w in self.workers.values() if w.sees_engine)
-        rid = next(self._rids)
-        request: GenerateRequest = make_request(rid)
+        request: GenerateRequest = make_request(next(self._rids))
+        request = msgspec.structs.replace(request, params=request.params.seeded())  # replays sample the same
         now = time.monotonic()
-        stream = RequestStream(self, rid, worker, None if timeout_s is None else now + timeout_s,
+        stream = RequestStream(self, request, worker, None if timeout_s is None else now + timeout_s,
                                None if self.max_queue_wait_s is None else now + self.max_queue_wait_s)
-        stream.wants_logprobs = request.params.logprobs is not None
-        self.streams[rid] = stream
+        self.streams[request.rid] = stream
+        self._send_to(worker, stream)
+        return stream
+
+    def _send_to(self, worker: Worker, stream: RequestStream) -> None:
+        """Hand `stream`'s request (as it stands) to `worker`."""
+        if stream.worker is not worker:  # a replay: the dead worker's count no longer matters, but keep it true
+            stream.worker.num_in_flight -= 1
+        stream.worker = worker
         worker.num_in_flight += 1
         worker.num_requests_total += 1
-        ipc.send(self.inbox.socket, request, worker.identity)
-        return stream
+        ipc.send(self.inbox.socket, stream.request, worker.identity)
 
     async def tokenize(self, make_request: callable, timeout_s: float = 30.0) -> TokenizeResult:
         """Ask the least-loaded worker to tokenize or detokenize (`make_request(rid)`)."""
@@ -172,9 +181,12 @@ class EngineClient:
                 continue
             worker_id = ipc.client_id_of(identity)
             if isinstance(message, WorkerReady):
+                restarted = self.workers.get(worker_id)  # ZeroMQ admits one peer an identity: that one is gone
                 self.workers[worker_id] = Worker(worker_id, identity, message.model, message.max_model_len,
                                                  time.monotonic())
                 logger.info("tokenizer worker %d ready", worker_id)
+                if restarted is not None:
+                    self._lose_worker(restarted, "was restarted")
                 continue
             worker = self.workers.get(worker_id)
             if worker is None:
@@ -206,27 +218,48 @@ class EngineClient:
                 deltas.texts[i], FinishReason(deltas.finish[i]), deltas.num_prompt_tokens[i],
                 deltas.num_output_tokens[i], deltas.num_cached_tokens[i], deltas.errors[i],
                 deltas.error_codes[i], deltas.logprobs[i])
+            stream.output_ids += deltas.new_ids[i]
+            stream.num_chars += len(deltas.texts[i])
             stream.queue.put_nowait(stream.latest)
 
     def _enforce_deadlines(self, now: float) -> None:
-        """End each stream past its deadline (TIMEOUT: its text so far stands) or still without a
-        token past the queue wait (503, retry later); the engine frees it either way."""
+        """End each stream past a deadline (see RequestStream.deadline_event); the engine frees it."""
         for stream in list(self.streams.values()):
-            if stream.expired or stream.finished:
-                continue
-            if stream.latest is None and stream.first_token_deadline_s is not None \
-                    and now > stream.first_token_deadline_s:
-                event = StreamEvent("", FinishReason.ERROR, 0, 0, 0, f"no token after {self.max_queue_wait_s:g} s "
-                                    "in the queue (--max-queue-wait); retry later", 503, [])
-            elif stream.deadline_s is not None and now > stream.deadline_s:
-                counts = (0, 0, 0) if stream.latest is None else (
-                    stream.latest.num_prompt_tokens, stream.latest.num_output_tokens, stream.latest.num_cached_tokens)
-                event = StreamEvent("", FinishReason.TIMEOUT, *counts, "", 0, [])
-            else:
-                continue
-            stream.expired = True
-            self.abort(stream)
-            stream.queue.put_nowait(event)
+            event = stream.deadline_event(now)
+            if event is not None:
+                stream.expired = True
+                self.abort(stream)
+                stream.queue.put_nowait(event)
+
+    def _lose_worker(self, worker: Worker, why: str) -> None:
+        """`worker` is gone: its requests wait to be replayed by another (_replay_orphans), its
+        tokenize calls fail."""
+        orphans = [s for s in self.streams.values() if s.worker is worker and not (s.finished or s.expired)]
+        logger.warning("tokenizer worker %d %s; %d requests move to another", worker.worker_id, why, len(orphans))
+        self.dead_worker_cpu_seconds += worker.cpu_seconds
+        for stream in orphans:
+            stream.orphaned_s = time.monotonic()
+        for future, asked in self.pending_tokenize.values():
+            if asked is worker and not future.done():
+                future.set_exception(Unavailable("the tokenizer worker serving this request died"))
+
+    def _replay_orphans(self, now: float) -> None:
+        """Resubmit each orphaned request to the least-loaded worker that hears the engine, as a
+        continuation of what it streamed; past ORPHAN_WAIT_S with none, end it with an error."""
+        live = [w for w in self.workers.values() if w.sees_engine]
+        for stream in [s for s in self.streams.values() if s.orphaned_s is not None]:
+            if stream.finished or stream.expired:
+                stream.orphaned_s = None
+            elif live and stream.request.attempt + 1 < MAX_ATTEMPTS:
+                stream.request = msgspec.structs.replace(stream.request, attempt=stream.request.attempt + 1,
+                                                         resume_ids=list(stream.output_ids),
+                                                         resume_chars=stream.num_chars)
+                stream.orphaned_s = None
+                self._send_to(self._least_loaded(live), stream)
+            elif now - stream.orphaned_s > ORPHAN_WAIT_S:
+                stream.orphaned_s = None
+                stream.queue.put_nowait(StreamEvent("", FinishReason.ERROR, 0, 0, 0, "the tokenizer worker serving "
+                                                    "this request died and no other took it over", 503, []))
 
     def fail_all(self, reason: str, code: int) -> None:
         """End every stream in flight with an error (the server is going down)."""
@@ -240,14 +273,8 @@ class EngineClient:
             now = time.monotonic()
             self._enforce_deadlines(now)
             for worker in [w for w in self.workers.values() if now - w.last_seen_s > WORKER_SILENCE_S]:
-                logger.warning("tokenizer worker %d stopped responding; failing its requests", worker.worker_id)
                 del self.workers[worker.worker_id]
-                self.dead_worker_cpu_seconds += worker.cpu_seconds
-                for stream in [s for s in self.streams.values() if s.worker is worker]:
-                    stream.queue.put_nowait(StreamEvent("", FinishReason.ERROR, 0, 0, 0,
-                                                        "the tokenizer worker serving this request died", 503, []))
-                for future, asked in self.pending_tokenize.values():
-                    if asked is worker and not future.done():
-                        future.set_exception(Unavailable("the tokenizer worker serving this request died"))
+                self._lose_worker(worker, "stopped responding")
+            self._replay_orphans(now)
             if self.engine_stats is not None and now - self.engine_stats_s > WORKER_SILENCE_S:
                 self.engine_stats = None

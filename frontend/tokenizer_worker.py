@@ -16,7 +16,8 @@ import msgspec
 import zmq
 
 from engine.tokenizer import Tokenizer
-from frontend.in_flight import InFlight, with_fixed_seed
+from frontend.in_flight import InFlight, split_engine_rid
+from frontend.text_deltas import add_entry
 from frontend.text_stream import TextStream
 from shared import ipc
 from shared.config import engine_addresses
@@ -161,8 +162,9 @@ class TokenizerWorker:
         if isinstance(message, GenerateRequest):
             self._start(message)
         elif isinstance(message, AbortRequest):
-            if self.active.pop(message.rid, None) is not None:
-                ipc.send(self.to_engine, message)
+            state = self.active.pop(message.rid, None)
+            if state is not None:
+                ipc.send(self.to_engine, AbortRequest(state.engine_rid))
         elif isinstance(message, TokenizeRequest):
             ipc.send(self.frontend.socket, self._tokenize_only(message))
         elif isinstance(message, Shutdown):
@@ -192,12 +194,24 @@ class TokenizerWorker:
                                                  min_tokens=min(params.min_tokens, max(1, room)))
             self._check_limits(prompt_ids, params.max_tokens)
         except ValueError as exc:
-            self._send_text(TextDeltas(rids=[request.rid], texts=[""], finish=[FinishReason.ERROR], num_prompt_tokens=[0],
-                                       num_output_tokens=[0], num_cached_tokens=[0], errors=[str(exc)],
-                                       error_codes=[400], logprobs=[[]]))
+            out = TextDeltas()
+            add_entry(out, request.rid, "", FinishReason.ERROR, error=str(exc), error_code=400)
+            self._send_text(out)
             return
-        state = InFlight(request.rid, prompt_ids, with_fixed_seed(params), TextStream(self.tokenizer, request.stop),
-                         prompt_text if request.echo else "", wants_logprobs=params.logprobs is not None)
+        state = InFlight(request.rid, prompt_ids, params.seeded(), TextStream(self.tokenizer, request.stop),
+                         prompt_text if request.echo else "", wants_logprobs=params.logprobs is not None,
+                         attempt=request.attempt)
+        if request.resume_ids or request.resume_chars:
+            text = state.resume(request.resume_ids, request.resume_chars)
+            finish = FinishReason.STOP if state.text.stopped else (
+                FinishReason.LENGTH if state.num_output_tokens >= params.max_tokens else FinishReason.NONE)
+            if text or finish:  # what the dead worker had not sent yet, or the end it had not told
+                out = TextDeltas()
+                add_entry(out, request.rid, text + (state.text.finish() if finish else ""), finish,
+                           num_prompt_tokens=len(prompt_ids), num_output_tokens=state.num_output_tokens)
+                self._send_text(out)
+            if finish:
+                return
         self.active[request.rid] = state
         if self.engine_lost_s is None:  # else it goes with the replays once an engine is back
             ipc.send(self.to_engine, state.engine_request(self.worker_id, self.engine_ready.instance))
@@ -241,32 +255,24 @@ class TokenizerWorker:
 
     def _on_tokens(self, deltas: TokenDeltas) -> None:
         out = TextDeltas()
-        for i, rid in enumerate(deltas.rids):
+        for i, engine_rid in enumerate(deltas.rids):
+            rid, attempt = split_engine_rid(engine_rid)
             state = self.active.get(rid)
-            if state is None:  # aborted here already
+            if state is None or state.attempt != attempt:  # aborted here, or taken over by a later attempt
+                if not deltas.finish[i]:
+                    ipc.send(self.to_engine, AbortRequest(engine_rid))  # nobody reads it: free its KV
                 continue
-            finish = FinishReason(deltas.finish[i])
-            text = state.echo + state.text.push(deltas.new_ids[i])
-            state.echo = ""
-            state.output_ids += deltas.new_ids[i]
-            if state.text.stopped and not finish:
-                ipc.send(self.to_engine, AbortRequest(rid))  # free its KV now; text is complete
-                finish = FinishReason.STOP
-            elif finish:
-                text += state.text.finish()
+            text, finish, stopped = state.take(deltas.new_ids[i], FinishReason(deltas.finish[i]))
+            if stopped:
+                ipc.send(self.to_engine, AbortRequest(engine_rid))  # free its KV now; text is complete
             if finish:
                 del self.active[rid]
             error = deltas.errors[i]
-            out.rids.append(rid)
-            out.texts.append(text)
-            out.finish.append(int(finish))
-            out.num_prompt_tokens.append(deltas.num_prompt_tokens[i])
-            out.num_output_tokens.append(state.num_output_tokens)
-            out.num_cached_tokens.append(deltas.num_cached_tokens[i])
-            out.errors.append(error)
             # Refused before any token: the request cannot be served as asked (400); later: ours (500).
-            out.error_codes.append(0 if not error else 400 if state.num_output_tokens == 0 else 500)
-            out.logprobs.append([self._text_logprob(e) for e in deltas.logprobs[i]] if state.wants_logprobs else [])
+            code = 0 if not error else 400 if state.num_output_tokens == 0 else 500
+            logprobs = [self._text_logprob(e) for e in deltas.logprobs[i]] if state.wants_logprobs else []
+            add_entry(out, rid, text, finish, deltas.num_prompt_tokens[i], state.num_output_tokens,
+                       deltas.num_cached_tokens[i], error, code, logprobs, deltas.new_ids[i])
         if out.rids:
             self._send_text(out)
 
@@ -278,14 +284,13 @@ class TokenizerWorker:
     def _fail_all(self, reason: str, code: int) -> None:
         """End every active request with an error; tell the engine too, in case it is only slow, so
         it frees their KV instead of generating for nobody."""
-        rids = list(self.active)
+        out = TextDeltas()
+        for state in self.active.values():
+            ipc.send(self.to_engine, AbortRequest(state.engine_rid))
+            add_entry(out, state.rid, "", FinishReason.ERROR, error=reason, error_code=code)
         self.active.clear()
-        for rid in rids:
-            ipc.send(self.to_engine, AbortRequest(rid))
-        n = len(rids)
-        self._send_text(TextDeltas(rids=rids, texts=[""] * n, finish=[FinishReason.ERROR] * n, num_prompt_tokens=[0] * n,
-                                   num_output_tokens=[0] * n, num_cached_tokens=[0] * n, errors=[reason] * n,
-                                   error_codes=[code] * n, logprobs=[[] for _ in rids]))
+        self._send_text(out)
 
     def _send_text(self, deltas: TextDeltas) -> None:
         ipc.send(self.frontend.socket, deltas)
+

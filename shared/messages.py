@@ -7,6 +7,7 @@ decode a union by tag. Fields are only ever appended, never inserted or renamed.
 from __future__ import annotations
 
 import enum
+import secrets
 
 import msgspec
 
@@ -78,6 +79,13 @@ class SamplingParams(msgspec.Struct, tag=True, array_like=True, frozen=True, gc=
         _check(self.logprobs is None or 0 <= self.logprobs <= _MAX_LOGPROBS, "logprobs",
                f"must be in [0, {_MAX_LOGPROBS}]", self.logprobs)
 
+    def seeded(self) -> SamplingParams:
+        """These params with a seed: their own, or one drawn now, so that a replay of the request
+        samples what its first run would have."""
+        if self.seed is not None:
+            return self
+        return msgspec.structs.replace(self, seed=secrets.randbits(63))
+
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0.0
@@ -124,6 +132,15 @@ class GenerateRequest(msgspec.Struct, **_WIRE):
     stop: list[str] = []  # stop strings: matched on text, never emitted
     echo: bool = False  # prepend the prompt's text to the first delta
     max_tokens_is_default: bool = False  # the client gave none: use the rest of the context
+    # A replay (the worker that had it died): which submission this is (the engine knows it as
+    # rid * MAX_ATTEMPTS + attempt, so a late output of an earlier one is never taken for this
+    # one's), the tokens streamed so far, and how many characters of text the client has.
+    attempt: int = 0
+    resume_ids: list[int] = []
+    resume_chars: int = 0
+
+
+MAX_ATTEMPTS = 64  # submissions of one request: the first, then replays
 
 
 class AbortRequest(msgspec.Struct, **_WIRE):
@@ -218,6 +235,7 @@ class TextDeltas(msgspec.Struct, **_WIRE):
     errors: list[str] = _column()  # "" unless finish is ERROR
     error_codes: list[int] = _column()  # HTTP status for errors: 400 bad input, 500 engine failure; else 0
     logprobs: list[list[TextLogprob]] = _column()
+    new_ids: list[list[int]] = _column()  # the tokens behind each text: kept to replay the request
 
 
 class WorkerReady(msgspec.Struct, **_WIRE):

@@ -56,40 +56,31 @@ def test_200_concurrent_streams_against_a_queue_of_50_all_end(stack):
 
 @pytest.fixture(scope="module")
 def two_worker_stack():
-    server = Stack("--dtype", "bfloat16")
+    server = Stack("--dtype", "float32")  # float32: replayed greedy text compares equal
     yield server
     server.stop()
 
 
-def test_a_worker_attached_at_run_time_takes_requests_and_its_death_is_survived(two_worker_stack):
+def test_a_worker_killed_mid_stream_hands_its_requests_to_the_other_with_the_same_text(two_worker_stack):
     stack = two_worker_stack
     extra = forge("worker", "--frontend", stack.worker_address, "--engine", stack.engine_address,
                   "--worker-id", "77")
     try:
         assert stack.wait_for(lambda: stack.metric("forge:tokenizer_workers") == 2, timeout_s=30)
         client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=60)
-        for _ in range(4):
-            client.completions.create(model=MODEL, prompt="Hello", max_tokens=2)
+        greedy = {"max_tokens": 40, "temperature": 0.0, "extra_body": {"ignore_eos": True}}
+        prompts = [f"Story {i}: once upon a time" for i in range(4)]
+        reference = [client.completions.create(model=MODEL, prompt=p, **greedy).choices[0].text for p in prompts]
         assert stack.metric('forge:worker_requests_total{worker="1"}') >= 1
         assert stack.metric('forge:worker_requests_total{worker="77"}') >= 1
 
-        streams = [client.completions.create(model=MODEL, prompt=f"Story {i}:", stream=True, **LONG)
-                   for i in range(4)]  # spread over both workers
-        for s in streams:
-            next(iter(s))
+        streams = [iter(client.completions.create(model=MODEL, prompt=p, stream=True, **greedy))
+                   for p in prompts]  # spread over both workers
+        texts = [next(s).choices[0].text for s in streams]
         extra.send_signal(signal.SIGKILL)
-        outcomes = []
-        for s in streams:
-            try:
-                text = "".join(c.choices[0].text for c in s)
-                outcomes.append("complete" if text else "empty")
-            except openai.APIError as exc:
-                outcomes.append("error: " + str(exc))
-        assert any(o.startswith("error") and "worker" in o for o in outcomes), outcomes
-        assert all(o == "complete" or o.startswith("error") for o in outcomes), outcomes
-        assert stack.wait_for(lambda: stack.metric("forge:tokenizer_workers") == 1, timeout_s=10)
-        answer = client.completions.create(model=MODEL, prompt="Hello", max_tokens=3)
-        assert answer.choices[0].finish_reason == "length"
+        texts = [text + "".join(c.choices[0].text for c in s) for text, s in zip(texts, streams)]
+        assert texts == reference
+        assert stack.metric("forge:tokenizer_workers") == 1
         assert stack.wait_for(lambda: _idle(stack), timeout_s=3.0), "the dead worker's KV blocks were not freed"
     finally:
         extra.kill()

@@ -7,7 +7,7 @@ import asyncio
 
 from frontend.client import EngineClient, Worker
 from frontend.request_stream import RequestStream, StreamEvent
-from shared.messages import FinishReason
+from shared.messages import FinishReason, GenerateRequest, SamplingParams
 
 
 def _client() -> EngineClient:
@@ -17,7 +17,7 @@ def _client() -> EngineClient:
 def _stream(client: EngineClient, rid: int, deadline_s: float | None, first_token_deadline_s: float | None,
             latest: StreamEvent | None = None) -> RequestStream:
     worker = Worker(1, b"w1", "m", 128, last_seen_s=0.0)  # not in client.workers: aborts send nothing
-    stream = RequestStream(client, rid, worker, deadline_s, first_token_deadline_s)
+    stream = RequestStream(client, GenerateRequest(rid, SamplingParams()), worker, deadline_s, first_token_deadline_s)
     stream.latest = latest
     client.streams[rid] = stream
     return stream

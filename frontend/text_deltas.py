@@ -1,0 +1,21 @@
+"""Rows of the worker's columnar TextDeltas message, one request each."""
+
+from __future__ import annotations
+
+from shared.messages import FinishReason, TextDeltas, TextLogprob
+
+
+def add_entry(out: TextDeltas, rid: int, text: str, finish: FinishReason, num_prompt_tokens: int = 0,
+              num_output_tokens: int = 0, num_cached_tokens: int = 0, error: str = "", error_code: int = 0,
+              logprobs: list[TextLogprob] = (), new_ids: list[int] = ()) -> None:
+    """Append one request's row to the columnar TextDeltas `out`."""
+    out.rids.append(rid)
+    out.texts.append(text)
+    out.finish.append(int(finish))
+    out.num_prompt_tokens.append(num_prompt_tokens)
+    out.num_output_tokens.append(num_output_tokens)
+    out.num_cached_tokens.append(num_cached_tokens)
+    out.errors.append(error)
+    out.error_codes.append(error_code)
+    out.logprobs.append(list(logprobs))
+    out.new_ids.append(list(new_ids))
