@@ -67,6 +67,7 @@ class EngineClient:
         self.max_in_flight = max_in_flight
         self.engine_stall_timeout_s = engine_stall_timeout_s
         self.max_queue_wait_s = max_queue_wait_s
+        self.draining = False  # shutting down: no new requests
         self.curve_dir = curve_dir  # None: plain sockets
         self.workers: dict[int, Worker] = {}
         self.streams: dict[int, RequestStream] = {}
@@ -115,6 +116,8 @@ class EngineClient:
     def submit(self, make_request: callable, timeout_s: float | None = None) -> RequestStream:
         """Send `make_request(rid)` (a GenerateRequest) to the least-loaded live worker; it may run
         `timeout_s` seconds (None: no limit)."""
+        if self.draining:
+            raise Unavailable("the server is shutting down")
         if not self.is_ready:
             raise Unavailable("the engine or its tokenizer workers are not ready")
         if len(self.streams) >= self.max_in_flight:
@@ -136,7 +139,11 @@ class EngineClient:
         stream.worker = worker
         worker.num_in_flight += 1
         worker.num_requests_total += 1
-        ipc.send(self.inbox.socket, stream.request, worker.identity)
+        try:
+            ipc.send(self.inbox.socket, stream.request, worker.identity)
+        except zmq.ZMQError:  # EHOSTUNREACH: it disconnected since its last heartbeat
+            self.workers.pop(worker.worker_id, None)
+            self._lose_worker(worker, "disconnected")  # the stream waits for a replay to another
 
     async def tokenize(self, make_request: callable, timeout_s: float = 30.0) -> TokenizeResult:
         """Ask the least-loaded worker to tokenize or detokenize (`make_request(rid)`)."""
@@ -262,9 +269,12 @@ class EngineClient:
                                                     "this request died and no other took it over", 503, []))
 
     def fail_all(self, reason: str, code: int) -> None:
-        """End every stream in flight with an error (the server is going down)."""
+        """End every stream in flight with an error (the server is going down); the engine frees them."""
         for stream in self.streams.values():
-            stream.queue.put_nowait(StreamEvent("", FinishReason.ERROR, 0, 0, 0, reason, code, []))
+            if not (stream.finished or stream.expired):
+                stream.expired = True
+                self.abort(stream)
+                stream.queue.put_nowait(StreamEvent("", FinishReason.ERROR, 0, 0, 0, reason, code, []))
 
     async def _watch_workers(self) -> None:
         """Drop silent workers (failing their requests) and forget a silent engine."""

@@ -124,7 +124,21 @@ async def _serve_http(config: FrontendConfig, children: list[Child], model_label
                 pass
         return 0
     finally:
+        await _drain(app[CLIENT], config.shutdown_timeout_s)
         await runner.cleanup()
+
+
+async def _drain(client: EngineClient, grace_s: float) -> None:
+    """Shutting down: refuse new requests, give those in flight `grace_s` to finish, then end each
+    with an error event (streams then get their `[DONE]`) before the handlers are cut."""
+    client.draining = True
+    deadline = time.monotonic() + grace_s
+    while client.streams and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    client.fail_all(f"the server is shutting down (requests get {grace_s:g} s to finish)", 503)
+    deadline = time.monotonic() + 1.0
+    while client.streams and time.monotonic() < deadline:  # their handlers write the error and [DONE]
+        await asyncio.sleep(0.05)
 
 
 def _engine_stall(engine: Child, client: EngineClient) -> str | None:

@@ -8,6 +8,7 @@ import time
 from aiohttp import web
 
 from frontend import openai_api as api
+from frontend import openapi
 from frontend.client import EngineClient, Unavailable
 from frontend.metrics import Metrics
 from frontend.middlewares import api_key_check, openai_errors
@@ -227,6 +228,10 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].render(), content_type="text/plain")
 
@@ -251,4 +256,5 @@ def make_app(config: FrontendConfig) -> web.Application:
     app.router.add_post("/detokenize", detokenize)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi_document)
     return app

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from shared.messages import FinishReason, TextDeltas, TextLogprob
+from engine.tokenizer import Tokenizer
+from shared.messages import FinishReason, TextDeltas, TextLogprob, TokenLogprob
 
 
 def add_entry(out: TextDeltas, rid: int, text: str, finish: FinishReason, num_prompt_tokens: int = 0,
@@ -19,3 +20,10 @@ def add_entry(out: TextDeltas, rid: int, text: str, finish: FinishReason, num_pr
     out.error_codes.append(error_code)
     out.logprobs.append(list(logprobs))
     out.new_ids.append(list(new_ids))
+
+
+def text_logprob(tokenizer: Tokenizer, entry: TokenLogprob) -> TextLogprob:
+    """A token's logprobs with its text and its top alternatives' texts."""
+    decode = tokenizer.decode
+    return TextLogprob(decode([entry.token_id], skip_special_tokens=False), entry.logprob,
+                       [decode([t], skip_special_tokens=False) for t in entry.top_ids], entry.top_logprobs)

@@ -17,7 +17,7 @@ import zmq
 
 from engine.tokenizer import Tokenizer
 from frontend.in_flight import InFlight, split_engine_rid
-from frontend.text_deltas import add_entry
+from frontend.text_deltas import add_entry, text_logprob
 from frontend.text_stream import TextStream
 from shared import ipc
 from shared.config import engine_addresses
@@ -32,11 +32,9 @@ from shared.messages import (
     SamplingParams,
     Shutdown,
     TextDeltas,
-    TextLogprob,
     TokenDeltas,
     TokenizeRequest,
     TokenizeResult,
-    TokenLogprob,
     ToWorker,
     WorkerHeartbeat,
     WorkerReady,
@@ -44,6 +42,7 @@ from shared.messages import (
 
 HEARTBEAT_S = 1.0
 ENGINE_SILENCE_S = 3.0  # no stats for this long: the engine is lost; requests wait for the next one
+REGISTER_WARN_S = 10.0  # say why we wait every this often while the engine does not answer
 ENGINE_WAIT_S = 120.0  # lost for this long: the requests waiting for it end with an error
 logger = logging.getLogger("forge.worker")
 
@@ -83,7 +82,13 @@ class TokenizerWorker:
 
     def _register(self) -> None:
         """Hello to the engine until it answers, then WorkerReady to the frontend."""
+        started = warn_at = time.monotonic()
         while self.engine_ready is None:
+            if time.monotonic() - warn_at >= REGISTER_WARN_S:  # ZeroMQ refuses silently: guess aloud
+                warn_at = time.monotonic()
+                logger.warning("no answer from the engine at %s after %.0f s: is it running, is worker id %d "
+                               "taken by another worker, do the CURVE keys match?", self.addresses[2],
+                               warn_at - started, self.worker_id)
             ipc.send(self.engine.socket, Hello(self.worker_id, "worker"))
             if self.engine.socket.poll(1000):
                 _, message = self.engine.recv()
@@ -270,16 +275,11 @@ class TokenizerWorker:
             error = deltas.errors[i]
             # Refused before any token: the request cannot be served as asked (400); later: ours (500).
             code = 0 if not error else 400 if state.num_output_tokens == 0 else 500
-            logprobs = [self._text_logprob(e) for e in deltas.logprobs[i]] if state.wants_logprobs else []
+            logprobs = [text_logprob(self.tokenizer, e) for e in deltas.logprobs[i]] if state.wants_logprobs else []
             add_entry(out, rid, text, finish, deltas.num_prompt_tokens[i], state.num_output_tokens,
                        deltas.num_cached_tokens[i], error, code, logprobs, deltas.new_ids[i])
         if out.rids:
             self._send_text(out)
-
-    def _text_logprob(self, entry: TokenLogprob) -> TextLogprob:
-        decode = self.tokenizer.decode
-        return TextLogprob(decode([entry.token_id], skip_special_tokens=False), entry.logprob,
-                           [decode([t], skip_special_tokens=False) for t in entry.top_ids], entry.top_logprobs)
 
     def _fail_all(self, reason: str, code: int) -> None:
         """End every active request with an error; tell the engine too, in case it is only slow, so

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 
 import openai
 import psutil
+import pytest
 import zmq
 
 from tests.e2e.conftest import MODEL
@@ -31,6 +33,11 @@ def test_sigterm_aborts_in_flight_requests_and_stops_every_child():
                                        extra_body={"ignore_eos": True})
     next(iter(stream))
     stack.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    with pytest.raises(openai.APIError, match="shutting down"):  # an error event, not a cut stream
+        for _ in stream:
+            pass
+    assert time.monotonic() - signalled < 5.0 + 2.0  # the drain time (5 s), then the error at once
     assert stack.process.wait(20) == 0
     assert _all_gone(children, timeout_s=10), "a child outlived the launcher"
 

@@ -7,7 +7,6 @@ import signal
 import time
 
 import openai
-import pytest
 
 from tests.e2e.conftest import MODEL
 from tests.e2e.stack import Stack, forge
@@ -54,15 +53,9 @@ def test_200_concurrent_streams_against_a_queue_of_50_all_end(stack):
     assert stack.wait_for(lambda: _idle(stack), timeout_s=3.0)
 
 
-@pytest.fixture(scope="module")
-def two_worker_stack():
-    server = Stack("--dtype", "float32")  # float32: replayed greedy text compares equal
-    yield server
-    server.stop()
-
-
-def test_a_worker_killed_mid_stream_hands_its_requests_to_the_other_with_the_same_text(two_worker_stack):
-    stack = two_worker_stack
+def test_a_worker_killed_mid_stream_hands_its_requests_to_the_other_with_the_same_text(stack):
+    """A second worker attached at run time takes requests; killed mid-stream, its requests move to
+    worker 1 and end with the text they would have had (float32 stack: replayed greedy text is equal)."""
     extra = forge("worker", "--frontend", stack.worker_address, "--engine", stack.engine_address,
                   "--worker-id", "77")
     try:
@@ -87,10 +80,9 @@ def test_a_worker_killed_mid_stream_hands_its_requests_to_the_other_with_the_sam
         extra.wait()
 
 
-def test_a_tokenize_call_to_a_worker_that_goes_silent_fails_fast(two_worker_stack):
+def test_a_tokenize_call_to_a_worker_that_goes_silent_fails_fast(stack):
     """The frontend drops a silent worker after 3 s; a /tokenize waiting on it gets 503 then,
     not after its own 30 s timeout."""
-    stack = two_worker_stack
     stack.post("/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 1})  # worker 1 has served
     extra = forge("worker", "--frontend", stack.worker_address, "--engine", stack.engine_address,
                   "--worker-id", "78")

@@ -41,4 +41,4 @@ def test_sampling_params_round_trip_on_the_wire_and_validate_there():
 def test_logprob_and_finish_reason_wire_forms():
     entry = TokenLogprob(3, -0.5, [3, 9], [-0.5, -1.5])
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(entry), type=TokenLogprob) == entry
-    assert [r.openai_name for r in FinishReason] == [None, "stop", "length", "abort", "error"]
+    assert [r.openai_name for r in FinishReason] == [None, "stop", "length", "abort", "error", "timeout"]
