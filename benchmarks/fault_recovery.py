@@ -10,7 +10,7 @@ A stream ends "same" (its text equals the reference: the same prompt, greedy, ru
 fault), "different" (complete, another text: a near-tie decided otherwise in another batch),
 "429" (refused at admission), "disconnected" (the client left on purpose), "error" or "hung"
 (no end within --deadline). Lost = error + hung: the goal is zero. Also printed: the longest
-pause between two chunks of a stream, the time from the fault to /health 200, and, once idle,
+pause between two chunks of a stream, when /health (polled every 0.1 s) was 200 again, and, once idle,
 the engine's running / waiting counts and KV usage, and the stack's open files and RSS against
 their values before the load.
 """
@@ -87,7 +87,8 @@ async def one(client: openai.AsyncOpenAI, prompt: str, args: argparse.Namespace,
         text, last, chunks = "", time.monotonic(), 0
         async for chunk in stream:
             now = time.monotonic()
-            gaps.append(now - last)
+            if chunks:  # between chunks: a queued request's wait for its first one is not a pause
+                gaps.append(now - last)
             last, chunks = now, chunks + 1
             text += chunk.choices[0].text
             started.set()
@@ -117,8 +118,21 @@ async def load(args: argparse.Namespace, prompts: list[str], launcher: psutil.Pr
             await asyncio.sleep(0.05)
         inject(args.fault, launcher)
         fault_s = time.monotonic()
+        statuses: list[tuple[float, int]] = []
+        poller = asyncio.create_task(_poll_health(url, statuses))
         results = await asyncio.gather(*tasks, return_exceptions=True)
-    return [r if isinstance(r, tuple) else ("hung", "") for r in results], gaps, fault_s
+        while not statuses or statuses[-1][1] != 200:
+            await asyncio.sleep(0.1)
+        poller.cancel()
+    down = [t for t, status in statuses if status != 200]
+    recovered_s = 0.0 if not down else next(t for t, status in statuses if status == 200 and t > down[-1]) - fault_s
+    return [r if isinstance(r, tuple) else ("hung", "") for r in results], gaps, recovered_s, bool(down)
+
+
+async def _poll_health(url: str, statuses: list[tuple[float, int]]) -> None:
+    while True:
+        statuses.append((time.monotonic(), await asyncio.to_thread(health, url)))
+        await asyncio.sleep(0.1)
 
 
 def main() -> None:
@@ -142,10 +156,7 @@ def main() -> None:
         reference = {p: client.completions.create(model=MODEL, prompt=p, max_tokens=args.max_tokens, temperature=0.0,
                                                   extra_body={"ignore_eos": True}).choices[0].text for p in prompts}
         fds_before, rss_before = footprint(launcher)
-        results, gaps, fault_s = asyncio.run(load(args, prompts, launcher, url))
-        while health(url) != 200:
-            time.sleep(0.1)
-        recovered_s = time.monotonic() - fault_s
+        results, gaps, recovered_s, went_down = asyncio.run(load(args, prompts, launcher, url))
         outcomes = collections.Counter()
         for i, (outcome, text) in enumerate(results):
             if outcome == "complete":
@@ -160,7 +171,8 @@ def main() -> None:
         print("outcomes: " + ", ".join(f"{name} {outcomes[name]}" for name in
                                         ("same", "different", "429", "disconnected", "error", "hung")))
         print(f"lost (error + hung): {outcomes['error'] + outcomes['hung']}")
-        print(f"longest pause between chunks: {max(gaps, default=0.0):.1f} s; fault to /health 200: {recovered_s:.1f} s")
+        print(f"longest pause between chunks: {max(gaps, default=0.0):.1f} s; /health "
+              + (f"503 after the fault, 200 again {recovered_s:.1f} s after it" if went_down else "stayed 200"))
         print(f"after: running {metric(url, 'forge:num_requests_running'):.0f}, waiting "
               f"{metric(url, 'forge:num_requests_waiting'):.0f}, KV usage {metric(url, 'forge:kv_cache_usage_perc'):.3f}; "
               f"open files {fds_before} -> {fds_after}; RSS {rss_before:.0f} -> {rss_after:.0f} MiB")
