@@ -39,15 +39,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from engine import InferenceEngine, SamplingParams, compute_thread
 from engine.loaders import open_checkpoint
 from engine.loaders.random_weights import random_checkpoint
-from engine.loop import EngineLoop
-from engine.model_config import ModelConfig
-from engine.model_runner import ModelRunner
+from engine.model.model_config import ModelConfig
+from engine.process.loop import EngineLoop
+from engine.runner.model_runner import ModelRunner
 from frontend.in_flight import InFlight
-from frontend.text_stream import TextStream
 from frontend.tokenizer_worker import TokenizerWorker
 from shared import ipc
 from shared.config import EngineConfig
 from shared.messages import EngineReady, TokenDeltas
+from shared.text.text_stream import TextStream
 
 PROMPT_LEN = 32
 CHUNK_STEPS = 25  # parts are timed over chunks of this many steps; the median chunk is reported

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from engine import InferenceEngine, SamplingParams, compute_thread
 from engine.loaders import default_model_path
 from engine.loaders.random_weights import random_checkpoint
-from engine.model_config import ModelConfig
+from engine.model.model_config import ModelConfig
 from shared.config import EngineConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -1,7 +1,8 @@
 """Forge's engine. `from engine import InferenceEngine, SamplingParams`.
 
-Heavy modules (torch) load on first use, so pure parts (scheduler, block manager, detokenizer)
-import cheaply in processes that never touch the model.
+Rooms: scheduling/ (pure Python), runner/ (tensors in, tokens out), model/ (the forward pass and
+its kernels' start-up choices), process/ (the engine process), loaders/ (model files). Heavy
+modules (torch) load on first use, so the pure parts import cheaply.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ import logging
 import random
 from collections.abc import Sequence
 
-from engine.model_runner import ModelRunner
-from engine.request import Request
-from engine.scheduler import ScheduledBatch, Scheduler
+from engine.runner.model_runner import ModelRunner
+from engine.scheduling.request import Request
+from engine.scheduling.scheduler import ScheduledBatch, Scheduler
 from engine.step_output import NO_LOGPROBS, StepOutput
 from shared.messages import SamplingParams, TokenLogprob
 

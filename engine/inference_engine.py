@@ -16,23 +16,24 @@ from typing import Any
 import torch
 
 import kernels
-from engine import compute_thread, cpu_decode, int4_crossover, lm_head
-from engine.block_manager import BlockManager
+from engine import compute_thread
 from engine.completion import Completion
-from engine.detokenizer import IncrementalDetokenizer
 from engine.device import resolve_device, resolve_dtype
 from engine.engine_core import EngineCore
-from engine.int4_linear import resolve_weight_format
-from engine.llama import Llama
 from engine.loaders import Checkpoint, open_checkpoint
-from engine.model_runner import ModelRunner
-from engine.request import Request
-from engine.sampler import Sampler
-from engine.scheduler import Scheduler
+from engine.model import cpu_decode, int4_crossover, lm_head
+from engine.model.int4_linear import resolve_weight_format
+from engine.model.llama import Llama
+from engine.runner.model_runner import ModelRunner
+from engine.runner.sampler import Sampler
+from engine.scheduling.block_manager import BlockManager
+from engine.scheduling.request import Request
+from engine.scheduling.scheduler import Scheduler
 from engine.step_output import StepOutput
-from engine.tokenizer import Tokenizer
 from shared.config import EngineConfig
 from shared.messages import FinishReason, SamplingParams
+from shared.text.detokenizer import IncrementalDetokenizer
+from shared.text.tokenizer import Tokenizer
 
 Prompt = str | list[int]
 logger = logging.getLogger("forge.engine")
@@ -125,7 +126,7 @@ class InferenceEngine:
     def _use_int4(model: Llama, checkpoint: Checkpoint, config: EngineConfig, device: torch.device,
                   dtype: torch.dtype) -> str:
         """Keep the checkpoint's 4-bit layers 4-bit where config.quantized_weights asks for it (see
-        engine/int4_linear.py); returns the weight format used."""
+        engine/model/int4_linear.py); returns the weight format used."""
         layers = model.int4_candidates(checkpoint.int4_weights)
         float_bytes = sum(layer.in_features * layer.out_features for layer in layers.values()) * dtype.itemsize
         weight_format = resolve_weight_format(config.quantized_weights, device, dtype, bool(layers), float_bytes)

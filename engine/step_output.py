@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.request import Request
+from engine.scheduling.request import Request
 from shared.messages import TokenDeltas, TokenLogprob
 
 NO_LOGPROBS: list[TokenLogprob] = []  # shared by every entry without logprobs: never appended to

@@ -76,7 +76,7 @@ def _run_frontend(args: argparse.Namespace) -> int:
 
 
 def _run_engine(args: argparse.Namespace) -> int:
-    from engine import serving
+    from engine.process import serving
     from frontend.launch import set_title
 
     set_title("forge-engine")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from frontend.text_stream import TextStream
 from shared.messages import MAX_ATTEMPTS, EngineRequest, FinishReason, SamplingParams
+from shared.text.text_stream import TextStream
 
 
 def split_engine_rid(engine_rid: int) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -43,28 +43,56 @@ class InMessage(msgspec.Struct, forbid_unknown_fields=True):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    refusal: str | None = None  # an assistant turn's, as clients echo it back: not rendered
 
 
-class _Common(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class ResponseFormat(msgspec.Struct, forbid_unknown_fields=True):
+    type: str  # only "text" is taken: constraints Forge would not enforce are refused, never ignored
+    json_schema: dict[str, Any] | None = None
+
+
+class _NullMeansDefault(msgspec.Struct):
+    """OpenAI clients send an explicit null for "the default"; OpenAI and vLLM read it so. Fields
+    typed `T | None = default` whose null means anything else are listed in KEEPS_NULL."""
+
+    KEEPS_NULL: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self) -> None:
+        for field in msgspec.structs.fields(self):
+            if getattr(self, field.name) is None and field.name not in self.KEEPS_NULL \
+                    and field.default not in (None, msgspec.NODEFAULT):
+                setattr(self, field.name, field.default)
+            elif getattr(self, field.name) is None and field.default_factory is not msgspec.NODEFAULT:
+                setattr(self, field.name, field.default_factory())
+
+
+class _Common(_NullMeansDefault, forbid_unknown_fields=True, kw_only=True):
+    KEEPS_NULL: ClassVar[frozenset[str]] = frozenset({"max_tokens"})  # null: the rest of the context
+
     model: str
-    n: int = 1
-    stream: bool = False
+    n: int | None = 1
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    temperature: float | None = 1.0
+    top_p: float | None = 1.0
+    presence_penalty: float | None = 0.0
+    frequency_penalty: float | None = 0.0
     user: str | None = None
     logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+    # Accepted and not acted on (clients send them by default)
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
     # Extensions (vLLM names)
-    top_k: int = 0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    stop_token_ids: list[int] = []
+    top_k: int | None = 0
+    min_p: float | None = 0.0
+    repetition_penalty: float | None = 1.0
+    ignore_eos: bool | None = False
+    min_tokens: int | None = 0
+    stop_token_ids: list[int] | None = msgspec.field(default_factory=list)
     # Forge's: end this request after this many seconds (at most the server's --request-timeout)
     request_timeout: float | None = None
 
@@ -72,7 +100,7 @@ class _Common(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class CompletionRequest(_Common, kw_only=True):
     prompt: str | list[str | int | list[int]]  # a text, texts, token ids, or lists of ids
     max_tokens: int | None = 16
-    echo: bool = False
+    echo: bool | None = False
     logprobs: int | None = None
     suffix: str | None = None
     best_of: int | None = None
@@ -82,8 +110,11 @@ class ChatRequest(_Common, kw_only=True):
     messages: list[InMessage]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None  # accepted empty: tool calling is not built yet
+    tool_choice: str | dict[str, Any] | None = None  # accepted as "none" or "auto" without tools
+    parallel_tool_calls: bool | None = None
 
 
 class TokenizeBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -132,6 +163,12 @@ def check_common(request: _Common) -> None:
              "stream_options is only allowed with stream=true")
     _require(request.request_timeout is None or request.request_timeout > 0, "request_timeout",
              "request_timeout must be a positive number of seconds")
+    _require(request.response_format is None or request.response_format.type == "text", "response_format",
+             "response_format json_object and json_schema are not supported yet (Forge refuses constraints it "
+             "would not enforce)")
+    _require(not getattr(request, "tools", None), "tools", "tool calling is not supported yet")
+    _require(getattr(request, "tool_choice", None) in (None, "none", "auto"), "tool_choice",
+             "tool_choice needs tools, which are not supported yet")
 
 
 def request_timeout(request: _Common, server_limit_s: float | None) -> float | None:

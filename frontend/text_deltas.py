@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.tokenizer import Tokenizer
 from shared.messages import FinishReason, TextDeltas, TextLogprob, TokenLogprob
+from shared.text.tokenizer import Tokenizer
 
 
 def add_entry(out: TextDeltas, rid: int, text: str, finish: FinishReason, num_prompt_tokens: int = 0,

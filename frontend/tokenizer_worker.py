@@ -15,10 +15,8 @@ import time
 import msgspec
 import zmq
 
-from engine.tokenizer import Tokenizer
 from frontend.in_flight import InFlight, split_engine_rid
 from frontend.text_deltas import add_entry, text_logprob
-from frontend.text_stream import TextStream
 from shared import ipc
 from shared.config import engine_addresses
 from shared.messages import (
@@ -39,6 +37,8 @@ from shared.messages import (
     WorkerHeartbeat,
     WorkerReady,
 )
+from shared.text.text_stream import TextStream
+from shared.text.tokenizer import Tokenizer
 
 HEARTBEAT_S = 1.0
 ENGINE_SILENCE_S = 3.0  # no stats for this long: the engine is lost; requests wait for the next one

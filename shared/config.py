@@ -11,7 +11,7 @@ import dataclasses
 _DEVICES = ("cpu", "cuda", "auto")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 KERNEL_KINDS = ("auto", "ref", "cuda", "cpu")  # kernels.load picks one
-WEIGHT_FORMATS = ("auto", "float", "int4", "mixed")  # 4-bit checkpoint layers: engine/int4_linear.py
+WEIGHT_FORMATS = ("auto", "float", "int4", "mixed")  # 4-bit checkpoint layers: engine/model/int4_linear.py
 
 
 @dataclasses.dataclass(frozen=True)

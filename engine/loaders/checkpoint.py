@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 import torch
 
 from engine.loaders.int4_groups import Int4Groups
-from engine.model_config import ModelConfig
-from engine.tokenizer import Tokenizer
+from engine.model.model_config import ModelConfig
+from shared.text.tokenizer import Tokenizer
 
 WeightStream = Iterator[tuple[str, torch.Tensor | Int4Groups]]  # Hugging Face tensor names
 

@@ -16,8 +16,8 @@ from engine.loaders.checkpoint import Checkpoint, ModelLoadError, WeightStream
 from engine.loaders.gguf_reader import GGUFFile
 from engine.loaders.int4_groups import Int4Groups
 from engine.loaders.progress import Progress
-from engine.model_config import ModelConfig
-from engine.tokenizer import Tokenizer
+from engine.model.model_config import ModelConfig
+from shared.text.tokenizer import Tokenizer
 
 _LAYER_TENSORS = {
     "attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",

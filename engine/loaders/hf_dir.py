@@ -11,8 +11,8 @@ from safetensors import SafetensorError, safe_open
 
 from engine.loaders.checkpoint import Checkpoint, ModelLoadError, WeightStream
 from engine.loaders.progress import Progress
-from engine.model_config import ModelConfig
-from engine.tokenizer import Tokenizer
+from engine.model.model_config import ModelConfig
+from shared.text.tokenizer import Tokenizer
 
 _INDEX = "model.safetensors.index.json"
 _BIN_INDEX = "pytorch_model.bin.index.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine.loaders.checkpoint import Checkpoint, WeightStream
-from engine.model_config import ModelConfig
+from engine.model.model_config import ModelConfig
 
 
 def random_checkpoint(config: ModelConfig, seed: int = 0, device: str = "cpu") -> Checkpoint:

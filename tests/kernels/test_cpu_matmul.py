@@ -123,7 +123,7 @@ def test_bf16_matmul_declines_what_it_does_not_take():
 
 
 def test_the_head_uses_the_c_kernel_up_to_its_calibrated_rows():
-    from engine import lm_head
+    from engine.model import lm_head
 
     head = torch.nn.Linear(64, 320, bias=False).to(torch.bfloat16)
     model = torch.nn.Module()

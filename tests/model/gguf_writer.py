@@ -6,7 +6,7 @@ import gguf
 import numpy as np
 import torch
 
-from engine.gguf_vocab import byte_alphabet
+from shared.text.gguf_vocab import byte_alphabet
 
 _LAYER = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
           "self_attn.v_proj": "attn_v", "self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output",
@@ -41,7 +41,7 @@ def write_gguf(model: torch.nn.Module, path, arch: str, quantization: gguf.GGMLQ
     writer.add_eos_token_id(config.vocab_size - 2)
     rope = config.rope_parameters
     if rope.get("rope_type") == "llama3":  # llama.cpp stores it as per-frequency divisors
-        from engine.rope import inverse_frequencies
+        from engine.model.rope import inverse_frequencies
 
         head_dim = config.hidden_size // config.num_attention_heads
         plain = inverse_frequencies(head_dim, rope["rope_theta"], None)

@@ -1,4 +1,4 @@
-"""Decode steps through the C decoder (engine/cpu_decode.py, kernels/cpu_decoder.py): against
+"""Decode steps through the C decoder (engine/model/cpu_decode.py, kernels/cpu_decoder.py): against
 transformers along its greedy path, against Forge's own layer-by-layer path, and the steps it leaves
 to that path."""
 
@@ -9,7 +9,8 @@ import types
 import pytest
 import torch
 
-from engine import SamplingParams, cpu_decode
+from engine import SamplingParams
+from engine.model import cpu_decode
 from kernels import cpu_matmul
 
 pytestmark = pytest.mark.skipif(not cpu_matmul.available(), reason="no C compiler, or no AVX-512 BF16")

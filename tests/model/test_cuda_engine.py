@@ -11,7 +11,7 @@ import torch
 import kernels
 from engine import InferenceEngine
 from engine.loaders.random_weights import random_checkpoint
-from engine.model_config import ModelConfig
+from engine.model.model_config import ModelConfig
 from kernels import cuda
 from shared.config import EngineConfig
 from shared.messages import SamplingParams

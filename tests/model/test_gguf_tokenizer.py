@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.detokenizer import IncrementalDetokenizer
+from shared.text.detokenizer import IncrementalDetokenizer
 from tests.model.prompts import CHAT
 
 TEXTS = [

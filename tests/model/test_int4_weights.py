@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import InferenceEngine, SamplingParams, int4_crossover
-from engine.int4_linear import MAX_INT4_TOKENS, Int4Linear, resolve_weight_format
+from engine import InferenceEngine, SamplingParams
 from engine.loaders.int4_groups import Int4Groups
+from engine.model import int4_crossover
+from engine.model.int4_linear import MAX_INT4_TOKENS, Int4Linear, resolve_weight_format
 from kernels import cpu_matmul
 
 # Forge's C kernel where it builds, and torch's (kernels=ref): each layer test runs on both
@@ -139,7 +140,7 @@ def test_an_explicit_int4_request_that_cannot_be_honoured_is_a_clear_error(devic
 
 
 def test_without_torch_s_int4_kernel_auto_dequantizes_and_int4_is_refused(monkeypatch):
-    from engine import int4_linear
+    from engine.model import int4_linear
 
     monkeypatch.setattr(int4_linear, "int4_kernel_available", lambda: False)
     assert resolve_weight_format("auto", CPU, torch.bfloat16, True, SMALL) == "float"

@@ -78,7 +78,7 @@ def test_tiny_q4_gguf_of_each_family_keeps_every_layer_4_bit_in_place(variant, q
     close to that of the same file dequantized."""
     import gguf
 
-    from engine.int4_linear import Int4Linear
+    from engine.model.int4_linear import Int4Linear
     from tests.model.gguf_writer import write_gguf
 
     hf_model = _save_tiny_model(tmp_path, *VARIANTS[variant])

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from engine.tokenizer import Tokenizer
+from shared.text.tokenizer import Tokenizer
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.", "Tokenizers split text into pieces.",

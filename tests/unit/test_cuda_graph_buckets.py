@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.cuda_graphs import bucket_sizes
+from engine.runner.cuda_graphs import bucket_sizes
 
 
 def test_buckets_double_then_step_by_eight_up_to_the_largest_batch():

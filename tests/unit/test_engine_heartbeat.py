@@ -9,7 +9,7 @@ import types
 
 import zmq
 
-from engine.loop import STATS_INTERVAL_S, EngineLoop
+from engine.process.loop import STATS_INTERVAL_S, EngineLoop
 from engine.step_output import StepOutput
 from frontend.tokenizer_worker import ENGINE_SILENCE_S
 from shared import ipc

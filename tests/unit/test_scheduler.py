@@ -6,9 +6,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.block_manager import BlockManager
-from engine.request import Request, RequestStatus
-from engine.scheduler import Scheduler
+from engine.scheduling.block_manager import BlockManager
+from engine.scheduling.request import Request, RequestStatus
+from engine.scheduling.scheduler import Scheduler
 from shared.messages import FinishReason, SamplingParams
 
 BLOCK = 4

@@ -13,8 +13,8 @@ import zmq
 
 from engine import InferenceEngine
 from engine.loaders.random_weights import random_checkpoint
-from engine.loop import EngineLoop
-from engine.model_config import ModelConfig
+from engine.model.model_config import ModelConfig
+from engine.process.loop import EngineLoop
 from shared import ipc
 from shared.config import EngineConfig
 from shared.messages import (

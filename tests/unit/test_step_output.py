@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.request import Request
+from engine.scheduling.request import Request
 from engine.step_output import NO_LOGPROBS, StepOutput
 from shared.messages import FinishReason, SamplingParams, TokenLogprob
 

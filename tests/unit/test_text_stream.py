@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.tokenizer import Tokenizer
-from frontend.text_stream import TextStream
+from shared.text.text_stream import TextStream
+from shared.text.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

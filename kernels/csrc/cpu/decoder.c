@@ -2,7 +2,7 @@
 // the residual add, the 4-bit qkv projection, rotary, the KV write, paged attention, the output
 // projection, RMSNorm, gate/up, SwiGLU and down, layer after layer, with no trip back to Python.
 // It strings together the library's own kernels (kernels.h), which the unfused path calls one by
-// one from torch (engine/llama.py): the same arithmetic, without ~15 Python-level ops a layer at
+// one from torch (engine/model/llama.py): the same arithmetic, without ~15 Python-level ops a layer at
 // 10-40 us each. Rotary and SwiGLU round each product and sum to bfloat16 as the torch ops do.
 #include <math.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
 A model qualifies when it runs bfloat16 on the CPU kernels and every layer's four projections are
 4-bit layers on the C int4 kernel; a step qualifies when every row decodes one token and there
 are no more rows than its 4-bit layers take ("mixed" weights hand bigger steps to the float copy,
-engine/int4_crossover.py). Everything else runs the layer-by-layer path of engine/llama.py.
+engine/model/int4_crossover.py). Everything else runs the layer-by-layer path of engine/model/llama.py.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.int4_linear import Int4Linear
+from engine.model.int4_linear import Int4Linear
 from kernels.cpu_decoder import CpuDecoder, DecoderShape
 
 if TYPE_CHECKING:
-    from engine.llama import Llama
+    from engine.model.llama import Llama
 
 NO_ROW_LIMIT = 1 << 30
 

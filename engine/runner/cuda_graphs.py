@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from engine.forward_batch import ForwardBatch
-from engine.llama import Llama
+from engine.model.llama import Llama
+from engine.runner.forward_batch import ForwardBatch
 
 logger = logging.getLogger("forge.engine")
 

@@ -18,7 +18,7 @@ import zmq
 
 from engine import compute_thread
 from engine.engine_core import EngineCore
-from engine.step_heartbeat import StepHeartbeat
+from engine.process.step_heartbeat import StepHeartbeat
 from engine.step_output import StepOutput
 from shared import ipc
 from shared.messages import (

@@ -6,7 +6,7 @@ import types
 
 import torch
 
-from engine.request import Request
+from engine.scheduling.request import Request
 from shared.messages import TokenLogprob
 
 

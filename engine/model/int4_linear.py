@@ -8,7 +8,7 @@ float32 sums, dequantizing nothing; otherwise torch's (`_weight_int4pack_mm_for_
 mins rounded to bfloat16), which turns compute-bound after a few rows. benchmarks/cpu_matmul.py
 compares them on the machine at hand. "mixed" keeps a float copy too and uses it for steps with
 more rows than the 4-bit path wins at, measured per shape at start-up
-(engine/int4_crossover.py). Float32 and float16 activations: not taken.
+(engine/model/int4_crossover.py). Float32 and float16 activations: not taken.
 """
 
 from __future__ import annotations

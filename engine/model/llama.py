@@ -12,11 +12,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from engine import cpu_decode, rope
-from engine.forward_batch import ForwardBatch
-from engine.int4_linear import PACK_ROWS, Int4Linear
 from engine.loaders.int4_groups import Int4Groups
-from engine.model_config import ModelConfig
+from engine.model import cpu_decode, rope
+from engine.model.int4_linear import PACK_ROWS, Int4Linear
+from engine.model.model_config import ModelConfig
+from engine.runner.forward_batch import ForwardBatch
 from kernels import cpu_matmul
 from kernels.cpu_decoder import CpuDecoder
 
@@ -98,10 +98,10 @@ class Llama(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
-        self.c_head_max_rows = 0  # the head runs the C bfloat16 matmul up to this many rows (engine/lm_head.py)
-        self.int8_head: tuple[torch.Tensor, torch.Tensor] | None = None  # packed 8-bit copy (engine/lm_head.py)
+        self.c_head_max_rows = 0  # the head runs the C bfloat16 matmul up to this many rows (engine/model/lm_head.py)
+        self.int8_head: tuple[torch.Tensor, torch.Tensor] | None = None  # packed 8-bit copy (engine/model/lm_head.py)
         self.int8_head_max_rows = 0
-        self.cpu_decoder: CpuDecoder | None = None  # decode steps' layers in one C call (engine/cpu_decode.py)
+        self.cpu_decoder: CpuDecoder | None = None  # decode steps' layers in one C call (engine/model/cpu_decode.py)
         self.cpu_decoder_max_rows = 0
         self.reset_rope_cache(max_model_len)
 

@@ -6,8 +6,8 @@ emitted; when one appears, everything before it is released and the rest is drop
 
 from __future__ import annotations
 
-from engine.detokenizer import IncrementalDetokenizer
-from engine.tokenizer import Tokenizer
+from shared.text.detokenizer import IncrementalDetokenizer
+from shared.text.tokenizer import Tokenizer
 
 
 class TextStream:

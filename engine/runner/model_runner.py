@@ -8,11 +8,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from engine.cuda_graphs import DecodeGraphs, Step
-from engine.forward_batch import ForwardBatch
-from engine.llama import Llama
-from engine.sampler import Sampler
-from engine.scheduler import ScheduledBatch
+from engine.model.llama import Llama
+from engine.runner.cuda_graphs import DecodeGraphs, Step
+from engine.runner.forward_batch import ForwardBatch
+from engine.runner.sampler import Sampler
+from engine.scheduling.scheduler import ScheduledBatch
 from shared.messages import TokenLogprob
 
 

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from engine.inference_engine import InferenceEngine
-from engine.loop import EngineLoop
+from engine.process.loop import EngineLoop
 from shared.config import engine_addresses
 from shared.messages import EngineReady
 

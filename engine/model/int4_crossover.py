@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from engine.int4_linear import Int4Linear
+from engine.model.int4_linear import Int4Linear
 from engine.stopwatch import best_of
 
 ROW_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)

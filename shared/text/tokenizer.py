@@ -8,8 +8,8 @@ from typing import Any
 
 import tokenizers
 
-from engine.chat_template import render_chat_template
-from engine.gguf_vocab import build_gguf_tokenizer
+from shared.text.chat_template import render_chat_template
+from shared.text.gguf_vocab import build_gguf_tokenizer
 
 
 class Tokenizer:

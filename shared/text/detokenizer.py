@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tokenizers.decoders import DecodeStream
 
-from engine.tokenizer import Tokenizer
+from shared.text.tokenizer import Tokenizer
 
 
 class IncrementalDetokenizer:

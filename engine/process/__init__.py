@@ -1,0 +1,1 @@
+"""The engine process: its sockets, heartbeat and start-up."""
