@@ -21,10 +21,22 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when torch sees a GPU, else cpu."""
+    """'auto' -> cuda when torch sees a GPU, else cpu. A device this machine does not have is a
+    ValueError saying so (not torch's assertion from deep inside the first allocation)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "torch sees no GPU"
+        raise ValueError(f"--device {name}: {why}; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: Forge runs on cpu or cuda")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -42,3 +42,18 @@ def test_logprob_and_finish_reason_wire_forms():
     entry = TokenLogprob(3, -0.5, [3, 9], [-0.5, -1.5])
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(entry), type=TokenLogprob) == entry
     assert [r.openai_name for r in FinishReason] == [None, "stop", "length", "abort", "error", "timeout"]
+
+
+def test_a_device_the_machine_lacks_is_one_clear_error():
+    import torch
+
+    from engine.device import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="Forge runs on cpu or cuda"):
+        resolve_device("meta")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: .*use --device cpu"):
+            resolve_device("cuda")
