@@ -59,4 +59,5 @@ class StepOutput:
                            finish=[r.finish_reason.value for r in requests],
                            num_prompt_tokens=[r.prompt_len for r in requests],
                            num_cached_tokens=[r.num_cached_tokens for r in requests],
-                           errors=[r.error or "" for r in requests], logprobs=logprobs)
+                           errors=[r.error or "" for r in requests], logprobs=logprobs,
+                           error_codes=[r.error_code for r in requests])

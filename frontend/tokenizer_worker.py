@@ -273,8 +273,7 @@ class TokenizerWorker:
             if finish:
                 del self.active[rid]
             error = deltas.errors[i]
-            # Refused before any token: the request cannot be served as asked (400); later: ours (500).
-            code = 0 if not error else 400 if state.num_output_tokens == 0 else 500
+            code = (deltas.error_codes[i] or 500) if error else 0  # 400: refused as asked; 500: the engine failed
             logprobs = [text_logprob(self.tokenizer, e) for e in deltas.logprobs[i]] if state.wants_logprobs else []
             add_entry(out, rid, text, finish, deltas.num_prompt_tokens[i], state.num_output_tokens,
                        deltas.num_cached_tokens[i], error, code, logprobs, deltas.new_ids[i])

@@ -214,6 +214,7 @@ class TokenDeltas(msgspec.Struct, **_WIRE):
     num_cached_tokens: list[int] = _column()
     errors: list[str] = _column()  # "" unless finish is ERROR
     logprobs: list[list[TokenLogprob]] = _column()  # empty lists unless asked for
+    error_codes: list[int] = _column()  # with an error: 400 (cannot be served as asked) or 500 (engine fault)
 
 
 class TextLogprob(msgspec.Struct, array_like=True, frozen=True, gc=False):

@@ -22,6 +22,7 @@ class Request:
         "block_ids",
         "eos_token_ids",
         "error",
+        "error_code",
         "finish_reason",
         "hashed_parent",
         "length_limit",
@@ -64,6 +65,7 @@ class Request:
                              and not params.frequency_penalty)
         self.finish_reason = FinishReason.NONE
         self.error: str | None = None  # set only when finish_reason is ERROR
+        self.error_code = 0  # with an error: 400 (cannot be served as asked) or 500 (the engine failed)
         self.logprobs: list[TokenLogprob] = []  # filled only when params.logprobs is set
         self.num_preemptions = 0
 

@@ -94,7 +94,7 @@ class Scheduler:
     def fail(self, request: Request, error: str) -> None:
         """End `request` with ERROR and free its blocks (a step it was in failed because of it)."""
         if not request.is_finished:
-            self._finish(request, FinishReason.ERROR, error)
+            self._finish(request, FinishReason.ERROR, error, error_code=500)
 
     # --- one step -------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
@@ -204,7 +204,9 @@ class Scheduler:
         finished, self.newly_finished = self.newly_finished, []
         return finished
 
-    def _finish(self, request: Request, reason: FinishReason, error: str | None = None) -> None:
+    def _finish(self, request: Request, reason: FinishReason, error: str | None = None,
+                error_code: int = 400) -> None:
+        """`error_code` (with an error): 400 unless the engine, not the request, failed."""
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
         elif request in self.waiting:
@@ -213,6 +215,7 @@ class Scheduler:
         request.status = RequestStatus.FINISHED
         request.finish_reason = reason
         request.error = error
+        request.error_code = error_code if error else 0
         del self.requests[request.rid]
         self.newly_finished.append(request)
 
