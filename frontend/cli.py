@@ -76,10 +76,12 @@ def _run_frontend(args: argparse.Namespace) -> int:
 
 
 def _run_engine(args: argparse.Namespace) -> int:
-    from engine.process import serving
-    from frontend.launch import set_title
+    from frontend.launch import die_with_launcher, set_title
 
+    die_with_launcher()  # before the engine's imports: an orphan should not load a model
     set_title("forge-engine")
+    from engine.process import serving
+
     options = dict(device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
                    max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                    num_kv_blocks=args.num_kv_blocks, kv_cache_gib=args.kv_cache_gib,
@@ -90,9 +92,10 @@ def _run_engine(args: argparse.Namespace) -> int:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from frontend.launch import set_title
+    from frontend.launch import die_with_launcher, set_title
     from frontend.tokenizer_worker import TokenizerWorker
 
+    die_with_launcher()
     worker_id = args.worker_id if args.worker_id is not None else secrets.randbits(31)
     set_title(f"forge-worker-{worker_id}")
     TokenizerWorker(worker_id, args.frontend, args.engine, args.curve_dir).run()

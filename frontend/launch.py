@@ -11,6 +11,7 @@ import collections
 import ctypes
 import dataclasses
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -27,17 +28,28 @@ from shared.config import FrontendConfig
 READY_TIMEOUT_S = 300.0
 RESTART_LIMIT = 3  # restarts of one child allowed within RESTART_WINDOW_S
 RESTART_WINDOW_S = 300.0
+LAUNCHER_PID_ENV = "FORGE_LAUNCHER_PID"  # set for the children: whose death they share
 logger = logging.getLogger("forge.launch")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def spawn(args: list[str]) -> subprocess.Popen:
+    """Start `forge ARGS` as a child that dies with this process (see die_with_launcher). No
+    preexec_fn: children are also started again while ZeroMQ's threads run, where code between
+    fork and exec is not safe."""
+    env = dict(os.environ, **{LAUNCHER_PID_ENV: str(os.getpid())})
+    return subprocess.Popen([sys.executable, "-m", "frontend.cli", *args], env=env)
+
+
+def die_with_launcher() -> None:
+    """In a child of `forge serve`: get SIGTERM when the launcher dies (PR_SET_PDEATHSIG), and
+    exit at once if it died before this call (the child was already orphaned)."""
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if launcher is None:
+        return
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def spawn(args: list[str]) -> subprocess.Popen:
-    # preexec_fn is safe here: the launcher spawns children before it starts any thread.
-    return subprocess.Popen([sys.executable, "-m", "frontend.cli", *args], preexec_fn=_die_with_parent)  # noqa: PLW1509
+    if os.getppid() != int(launcher):
+        raise SystemExit("forge: the launcher is gone")
 
 
 class Child:

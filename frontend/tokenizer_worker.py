@@ -213,7 +213,7 @@ class TokenizerWorker:
             if text or finish:  # what the dead worker had not sent yet, or the end it had not told
                 out = TextDeltas()
                 add_entry(out, request.rid, text + (state.text.finish() if finish else ""), finish,
-                           num_prompt_tokens=len(prompt_ids), num_output_tokens=state.num_output_tokens)
+                          num_prompt_tokens=len(prompt_ids), num_output_tokens=state.num_output_tokens)
                 self._send_text(out)
             if finish:
                 return
@@ -276,7 +276,7 @@ class TokenizerWorker:
             code = (deltas.error_codes[i] or 500) if error else 0  # 400: refused as asked; 500: the engine failed
             logprobs = [text_logprob(self.tokenizer, e) for e in deltas.logprobs[i]] if state.wants_logprobs else []
             add_entry(out, rid, text, finish, deltas.num_prompt_tokens[i], state.num_output_tokens,
-                       deltas.num_cached_tokens[i], error, code, logprobs, deltas.new_ids[i])
+                      deltas.num_cached_tokens[i], error, code, logprobs, deltas.new_ids[i])
         if out.rids:
             self._send_text(out)
 
