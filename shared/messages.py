@@ -115,6 +115,14 @@ def _column() -> list:
     return msgspec.field(default_factory=list)
 
 
+def _check_columns(message: msgspec.Struct) -> None:
+    """Every column of a columnar message has one entry a row (a peer's message that breaks this is
+    refused at decoding, like any malformed one, instead of failing a reader half-way)."""
+    lengths = {len(getattr(message, name)) for name in message.__struct_fields__}
+    if len(lengths) > 1:
+        raise ValueError(f"{type(message).__name__} columns differ in length: {sorted(lengths)}")
+
+
 class ChatMessage(msgspec.Struct, array_like=True, frozen=True, gc=False):
     role: str
     content: str
@@ -216,6 +224,9 @@ class TokenDeltas(msgspec.Struct, **_WIRE):
     logprobs: list[list[TokenLogprob]] = _column()  # empty lists unless asked for
     error_codes: list[int] = _column()  # with an error: 400 (cannot be served as asked) or 500 (engine fault)
 
+    def __post_init__(self) -> None:
+        _check_columns(self)
+
 
 class TextLogprob(msgspec.Struct, array_like=True, frozen=True, gc=False):
     token: str
@@ -237,6 +248,9 @@ class TextDeltas(msgspec.Struct, **_WIRE):
     error_codes: list[int] = _column()  # HTTP status for errors: 400 bad input, 500 engine failure; else 0
     logprobs: list[list[TextLogprob]] = _column()
     new_ids: list[list[int]] = _column()  # the tokens behind each text: kept to replay the request
+
+    def __post_init__(self) -> None:
+        _check_columns(self)
 
 
 class WorkerReady(msgspec.Struct, **_WIRE):

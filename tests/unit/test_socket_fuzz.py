@@ -1,8 +1,9 @@
-"""Hostile frames on the engine's sockets (random bytes, random msgpack, truncated and wrong-type
+"""Hostile frames on the engine's and the frontend's sockets (random bytes, random msgpack, truncated and wrong-type
 messages, requests with hostile fields): the engine drops or refuses each and goes on serving."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import tempfile
 import threading
@@ -15,18 +16,26 @@ from engine import InferenceEngine
 from engine.loaders.random_weights import random_checkpoint
 from engine.model.model_config import ModelConfig
 from engine.process.loop import EngineLoop
+from frontend.client import EngineClient
+from frontend.text_deltas import add_entry
 from shared import ipc
 from shared.config import EngineConfig
 from shared.messages import (
     AbortRequest,
     EngineReady,
     EngineRequest,
+    EngineStats,
+    FinishReason,
     FromEngine,
+    GenerateRequest,
     Hello,
     SamplingParams,
     Shutdown,
     TextDeltas,
     TokenDeltas,
+    TokenizeResult,
+    WorkerHeartbeat,
+    WorkerReady,
 )
 
 FRAMES_PER_SOCKET = 300
@@ -47,7 +56,7 @@ def _hostile_frames(rng: random.Random, instance: int) -> list[bytes]:
         elif kind == 2:
             frames.append(valid[:rng.randrange(len(valid))])
         elif kind == 3:  # a type this socket never takes
-            frames.append(ipc.encode(TextDeltas(rids=[1], texts=["x"])))
+            frames.append(ipc.encode(TextDeltas()))
         elif kind == 4:  # a request whose fields are hostile
             prompt = rng.choice([[], [-1], [10**6], [1] * 500, [2**40]])
             frames.append(ipc.encode(EngineRequest(rng.randrange(-5, 2**62), prompt,
@@ -94,3 +103,40 @@ def test_the_engine_survives_hostile_frames_and_still_serves():
         thread.join(30)
         context.destroy(linger=0)
     assert not thread.is_alive()
+
+
+def test_the_frontend_survives_hostile_frames_from_its_worker_and_still_routes(tmp_path):
+    """The frontend's worker socket, from a registered worker with a request in flight: random
+    bytes, random msgpack, columnar messages whose columns disagree (naming the live request),
+    answers to requests nobody sent; then the request's real end still reaches its stream."""
+    async def run() -> None:
+        client = EngineClient(f"ipc://{tmp_path}/workers", max_in_flight=8)
+        await client.start()
+        context = zmq.Context()
+        try:
+            worker = ipc.make_socket(context, zmq.DEALER, client.address, False, ipc.identity_of(5))
+            ipc.send(worker, WorkerReady(5, "m", 128))
+            ipc.send(worker, WorkerHeartbeat(5, 0, 0.0, EngineStats(0, 0, 0.0, 0, 0, 0, 0, 0, 0.0)))
+            deadline = time.monotonic() + 10
+            while not client.is_ready and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            stream = client.submit(lambda rid: GenerateRequest(rid, SamplingParams()))
+            rng = random.Random(1)
+            lying = msgspec.msgpack.encode(["TextDeltas", [stream.rid, stream.rid + 1], ["x"], [0], [], [], [], [],
+                                            [], [], []])
+            for _ in range(FRAMES_PER_SOCKET):
+                worker.send(rng.choice([
+                    rng.randbytes(rng.randrange(0, 64)), lying, msgspec.msgpack.encode({"a": rng.random()}),
+                    ipc.encode(TokenizeResult(rng.randrange(2**62), [1], "x", "")),
+                ]))
+            end = TextDeltas()
+            add_entry(end, stream.rid, "done", FinishReason.LENGTH, num_output_tokens=1)
+            ipc.send(worker, end)
+            event = await asyncio.wait_for(stream.queue.get(), timeout=10)
+            assert (event.text, event.finish) == ("done", FinishReason.LENGTH)
+            assert all(not task.done() for task in client._tasks)
+        finally:
+            await client.stop()
+            context.destroy(linger=0)
+
+    asyncio.run(run())
