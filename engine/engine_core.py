@@ -54,7 +54,6 @@ class EngineCore:
         output.add_finished(finished)
         return output
 
-
     def _execute(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprob | None] | None]:
         """runner.execute; when it raises, the batch is run again in halves, recursively, down to
         the requests that fail alone: those end with an error naming the cause, the others are
