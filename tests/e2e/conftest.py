@@ -5,7 +5,7 @@ import pytest
 from tests.e2e.stack import Stack
 
 MODEL = "smollm2-135m-instruct"
-STALL_TIMEOUT_S = 8
+STALL_TIMEOUT_S = 6
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from engine.loaders import open_checkpoint
 
-EXAMPLES = 150  # per parser, in `make test`; more with --hypothesis-seed / a larger setting by hand
+EXAMPLES = 100  # per parser, in `make test`; more with --hypothesis-seed / a larger setting by hand
 
 
 def _parse(path) -> None:

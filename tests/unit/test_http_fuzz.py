@@ -16,7 +16,7 @@ from frontend.client import EngineClient, Unavailable, Worker
 from frontend.server import CLIENT, make_app
 from shared.config import FrontendConfig
 
-EXAMPLES = 200
+EXAMPLES = 120
 ROUTES = [path for path, item in openapi.document()["paths"].items() if "post" in item]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
                     st.text(max_size=30), st.just("m"), st.just(""))
