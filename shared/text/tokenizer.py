@@ -45,7 +45,12 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict[str, Any]) -> Tokenizer:
-        backend = build_gguf_tokenizer(meta)
+        try:
+            backend = build_gguf_tokenizer(meta)
+        except ValueError:
+            raise
+        except Exception as exc:  # tokenizers' own refusals (a merge of unknown tokens...) are bare Exceptions
+            raise ValueError(f"the tokenizer in the GGUF metadata is invalid: {exc}") from exc
         tokens = meta["tokenizer.ggml.tokens"]
 
         def token(key: str) -> str | None:

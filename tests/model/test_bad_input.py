@@ -155,3 +155,22 @@ def test_copied_model_file_still_loads(gguf_path, tmp_path):
     copy = tmp_path / "copy.gguf"
     shutil.copy(gguf_path, copy)
     assert open_checkpoint(str(copy)).config.num_layers == 30
+
+
+def test_a_gguf_tokenizer_the_tokenizers_library_refuses_is_a_load_error(tmp_path):
+    path = tmp_path / "bad_merges.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    for key, value in (("block_count", 1), ("context_length", 64), ("embedding_length", 32),
+                       ("feed_forward_length", 64), ("attention.head_count", 4)):
+        writer.add_uint32(f"llama.{key}", value)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["a", "\x00", "ab"])  # the merge below names "b", which is not a token
+    writer.add_token_merges(["a b"])
+    writer.add_token_types([1, 1, 1])
+    writer.add_tensor("token_embd.weight", np.ones((3, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelLoadError, match="tokenizer in the GGUF metadata is invalid"):
+        open_checkpoint(str(path))

@@ -18,11 +18,21 @@ from engine.loaders import open_checkpoint
 EXAMPLES = 100  # per parser, in `make test`; more with --hypothesis-seed / a larger setting by hand
 
 
-def _parse(path) -> None:
-    """Everything a start-up reads from the file: header, metadata, tokenizer, every tensor."""
-    checkpoint = open_checkpoint(str(path))
-    for _ in checkpoint.open_weights():
-        pass
+def _outcome(path) -> str:
+    """Everything a start-up reads from the file (header, metadata, tokenizer, every tensor):
+    "loaded", or the refusal's message. Any exception but ValueError (ModelLoadError is one)
+    propagates and fails the test."""
+    try:
+        checkpoint = open_checkpoint(str(path))
+        for name, tensor in checkpoint.open_weights():
+            assert isinstance(name, str) and tensor.numel() >= 0
+        return "loaded"
+    except ValueError as exc:
+        return str(exc)
+
+
+def _assert_loaded_or_refused_by_name(outcome: str) -> None:
+    assert outcome == "loaded" or len(outcome) > 10, f"a refusal that names nothing: {outcome!r}"
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +74,7 @@ def test_mutated_gguf_loads_or_is_refused_by_name(tiny_gguf, tmp_path, changes, 
         data[at:at + len(patch)] = patch
     path = tmp_path / "mutated.gguf"
     path.write_bytes(bytes(data[:cut]) if cut is not None else bytes(data))
-    try:
-        _parse(path)
-    except ValueError:  # ModelLoadError included: a clear refusal
-        pass
+    _assert_loaded_or_refused_by_name(_outcome(path))
 
 
 lying = st.fixed_dictionaries({
@@ -91,7 +98,7 @@ def test_safetensors_with_lying_headers_are_refused_by_name(tmp_path, tensors, p
     if header_length is not None:  # a length field that lies about the JSON that follows
         data = struct.pack("<Q", header_length) + data[8:]
     (directory / "model.safetensors").write_bytes(data)
-    try:
-        _parse(directory)
-    except ValueError:
-        pass
+    outcome = _outcome(directory)
+    _assert_loaded_or_refused_by_name(outcome)
+    if header_length is not None and header_length != len(data) - 8 - payload_size:
+        assert outcome != "loaded", "a header length that lies was taken"
