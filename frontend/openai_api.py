@@ -59,11 +59,12 @@ class _NullMeansDefault(msgspec.Struct):
 
     def __post_init__(self) -> None:
         for field in msgspec.structs.fields(self):
-            if getattr(self, field.name) is None and field.name not in self.KEEPS_NULL \
-                    and field.default not in (None, msgspec.NODEFAULT):
-                setattr(self, field.name, field.default)
-            elif getattr(self, field.name) is None and field.default_factory is not msgspec.NODEFAULT:
+            if getattr(self, field.name) is not None or field.name in self.KEEPS_NULL:
+                continue
+            if field.default_factory is not msgspec.NODEFAULT:
                 setattr(self, field.name, field.default_factory())
+            elif field.default not in (None, msgspec.NODEFAULT):
+                setattr(self, field.name, field.default)
 
 
 class _Common(_NullMeansDefault, forbid_unknown_fields=True, kw_only=True):

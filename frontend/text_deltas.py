@@ -8,8 +8,9 @@ from shared.text.tokenizer import Tokenizer
 
 def add_entry(out: TextDeltas, rid: int, text: str, finish: FinishReason, num_prompt_tokens: int = 0,
               num_output_tokens: int = 0, num_cached_tokens: int = 0, error: str = "", error_code: int = 0,
-              logprobs: list[TextLogprob] = (), new_ids: list[int] = ()) -> None:
-    """Append one request's row to the columnar TextDeltas `out`."""
+              logprobs: list[TextLogprob] | None = None, new_ids: list[int] | None = None) -> None:
+    """Append one request's row to the columnar TextDeltas `out` (the lists are taken, not copied:
+    this runs for every request every step)."""
     out.rids.append(rid)
     out.texts.append(text)
     out.finish.append(int(finish))
@@ -18,8 +19,8 @@ def add_entry(out: TextDeltas, rid: int, text: str, finish: FinishReason, num_pr
     out.num_cached_tokens.append(num_cached_tokens)
     out.errors.append(error)
     out.error_codes.append(error_code)
-    out.logprobs.append(list(logprobs))
-    out.new_ids.append(list(new_ids))
+    out.logprobs.append([] if logprobs is None else logprobs)
+    out.new_ids.append([] if new_ids is None else new_ids)
 
 
 def text_logprob(tokenizer: Tokenizer, entry: TokenLogprob) -> TextLogprob:
