@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import random
 from collections.abc import Sequence
 
+from engine.grammar.compiler import GrammarCompiler, GrammarError
 from engine.runner.model_runner import ModelRunner
 from engine.scheduling.request import Request
 from engine.scheduling.scheduler import ScheduledBatch, Scheduler
 from engine.step_output import NO_LOGPROBS, StepOutput
-from shared.messages import SamplingParams, TokenLogprob
+from shared.messages import FinishReason, SamplingParams, TokenLogprob
 
 logger = logging.getLogger("forge.engine")
 
 
+COMPILE_WAIT_S = 0.01  # with nothing else to do, how long a step waits for a grammar to compile
+
+
 class EngineCore:
-    def __init__(self, scheduler: Scheduler, runner: ModelRunner, eos_token_ids: frozenset[int]) -> None:
+    def __init__(self, scheduler: Scheduler, runner: ModelRunner, eos_token_ids: frozenset[int],
+                 grammars: GrammarCompiler | None = None) -> None:
         self.scheduler = scheduler
         self.runner = runner
         self.eos_token_ids = eos_token_ids
         self.seed_source = random.SystemRandom()
+        self.grammars = grammars  # None: the model has no tokenizer, and constraints are refused
+        self.compiling: dict[int, tuple[Request, concurrent.futures.Future]] = {}  # rid -> request, its matcher
 
     def add_request(self, rid: int, prompt_ids: list[int], params: SamplingParams,
                     output_ids: Sequence[int] = ()) -> None:
@@ -32,18 +40,33 @@ class EngineCore:
         vocab_size = self.runner.model.config.vocab_size
         if min(prompt_ids) < 0 or max(prompt_ids) >= vocab_size or any(not 0 <= t < vocab_size for t in output_ids):
             raise ValueError(f"prompt has token ids outside the vocabulary [0, {vocab_size})")
+        if params.grammar and self.grammars is None:
+            raise ValueError("constrained output needs the model's tokenizer, and this model has none")
+        if rid in self.compiling:
+            raise ValueError(f"request id {rid} is already in the engine")
         seed = params.seed if params.seed is not None else self.seed_source.getrandbits(63)
-        self.scheduler.add(Request(rid, prompt_ids, params, seed, self.eos_token_ids, output_ids))
+        request = Request(rid, prompt_ids, params, seed, self.eos_token_ids, output_ids)
+        if params.grammar:  # queued once its matcher is built (see _queue_compiled)
+            self.compiling[rid] = (request, self.grammars.submit(params.grammar, output_ids))
+        else:
+            self.scheduler.add(request)
 
     def abort(self, rid: int) -> None:
-        self.scheduler.abort(rid)
+        if rid in self.compiling:
+            request, matcher = self.compiling.pop(rid)
+            matcher.cancel()
+            self.scheduler.end_unqueued(request, FinishReason.ABORT)
+        else:
+            self.scheduler.abort(rid)
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work() or bool(self.scheduler.newly_finished)
+        return self.scheduler.has_work() or bool(self.scheduler.newly_finished) or bool(self.compiling)
 
     def step(self) -> StepOutput:
         """Schedule, run and advance one batch. Returns each request that gained a token or
         finished (an abort or error since the last step counts too)."""
+        if self.compiling:
+            self._queue_compiled()
         batch = self.scheduler.schedule()
         if batch.is_empty:
             output, finished = StepOutput.empty(), self.scheduler.update_from_output(batch, [])
@@ -53,6 +76,23 @@ class EngineCore:
             output = _gains(batch.requests, sampled, logprobs)
         output.add_finished(finished)
         return output
+
+    def _queue_compiled(self) -> None:
+        """Queue the requests whose matcher is ready; end those whose grammar failed. With nothing
+        else to run, wait a moment for one (instead of spinning through empty steps)."""
+        if not self.scheduler.has_work():
+            concurrent.futures.wait([future for _, future in self.compiling.values()], timeout=COMPILE_WAIT_S,
+                                    return_when=concurrent.futures.FIRST_COMPLETED)
+        for rid, (request, future) in list(self.compiling.items()):
+            if not future.done():
+                continue
+            del self.compiling[rid]
+            try:
+                request.matcher = future.result()
+            except GrammarError as exc:
+                self.scheduler.end_unqueued(request, FinishReason.ERROR, f"the grammar cannot be enforced: {exc}")
+            else:
+                self.scheduler.add(request)
 
     def _execute(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprob | None] | None]:
         """runner.execute; when it raises, the batch is run again in halves, recursively, down to

@@ -20,6 +20,7 @@ from engine import compute_thread
 from engine.completion import Completion
 from engine.device import resolve_device, resolve_dtype
 from engine.engine_core import EngineCore
+from engine.grammar.compiler import GrammarCompiler
 from engine.loaders import Checkpoint, open_checkpoint
 from engine.model import cpu_decode, int4_crossover, lm_head
 from engine.model.int4_linear import resolve_weight_format
@@ -120,7 +121,9 @@ class InferenceEngine:
         if device.type == "cuda":
             description += f", {'decode graphs' if runner.graphs else 'eager'}"
         logger.info("loaded %s; KV cache %d blocks of %d tokens", description, num_blocks, block_size)
-        return cls(EngineCore(scheduler, runner, frozenset(eos)), checkpoint.tokenizer, config, description)
+        tokenizer = checkpoint.tokenizer
+        grammars = None if tokenizer is None else GrammarCompiler(tokenizer, model_config.vocab_size, frozenset(eos))
+        return cls(EngineCore(scheduler, runner, frozenset(eos), grammars), tokenizer, config, description)
 
     @staticmethod
     def _use_int4(model: Llama, checkpoint: Checkpoint, config: EngineConfig, device: torch.device,

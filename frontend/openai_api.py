@@ -13,21 +13,11 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from frontend.api_error import ApiError, require
+from frontend.structured_output import ResponseFormat, StructuredOutputs
 from shared.messages import ChatMessage, SamplingParams
 
 MAX_N = 16
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
-        self.kind = kind or {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-                             413: "RequestTooLargeError",
-                             429: "RateLimitError", 503: "ServiceUnavailableError"}.get(status, "InternalServerError")
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
 
 
 class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -44,11 +34,6 @@ class InMessage(msgspec.Struct, forbid_unknown_fields=True):
     content: str | list[ContentPart] | None = None
     name: str | None = None
     refusal: str | None = None  # an assistant turn's, as clients echo it back: not rendered
-
-
-class ResponseFormat(msgspec.Struct, forbid_unknown_fields=True):
-    type: str  # only "text" is taken: constraints Forge would not enforce are refused, never ignored
-    json_schema: dict[str, Any] | None = None
 
 
 class _NullMeansDefault(msgspec.Struct):
@@ -82,7 +67,7 @@ class _Common(_NullMeansDefault, forbid_unknown_fields=True, kw_only=True):
     frequency_penalty: float | None = 0.0
     user: str | None = None
     logit_bias: dict[str, float] | None = None
-    response_format: ResponseFormat | None = None
+    response_format: ResponseFormat | None = None  # see frontend/structured_output.py
     # Accepted and not acted on (clients send them by default)
     store: bool | None = None
     metadata: dict[str, str] | None = None
@@ -94,6 +79,7 @@ class _Common(_NullMeansDefault, forbid_unknown_fields=True, kw_only=True):
     ignore_eos: bool | None = False
     min_tokens: int | None = 0
     stop_token_ids: list[int] | None = msgspec.field(default_factory=list)
+    structured_outputs: StructuredOutputs | None = None
     # Forge's: end this request after this many seconds (at most the server's --request-timeout)
     request_timeout: float | None = None
 
@@ -141,8 +127,9 @@ def decode(body: bytes, kind: type) -> Any:
 
 
 def sampling_params(request: _Common, max_tokens: int | None, logprobs: int | None, max_model_len: int,
-                    index: int) -> SamplingParams:
-    """Choice `index` of the request: with a seed, choice i uses seed + i (distinct, reproducible)."""
+                    index: int, grammar: str) -> SamplingParams:
+    """Choice `index` of the request: with a seed, choice i uses seed + i (distinct, reproducible).
+    `grammar`: the request's constraint (frontend/structured_output.py), "" for none."""
     try:
         return SamplingParams(
             max_tokens=max_tokens if max_tokens is not None else max_model_len, temperature=request.temperature,
@@ -150,7 +137,8 @@ def sampling_params(request: _Common, max_tokens: int | None, logprobs: int | No
             repetition_penalty=request.repetition_penalty, presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
             seed=None if request.seed is None else request.seed + index, stop_token_ids=request.stop_token_ids,
-            ignore_eos=request.ignore_eos, min_tokens=request.min_tokens, logprobs=logprobs)
+            ignore_eos=request.ignore_eos, min_tokens=request.min_tokens, logprobs=logprobs,
+            grammar=grammar)
     except ValueError as exc:
         field = re.search(r"SamplingParams\.(\w+)", str(exc))
         raise ApiError(400, str(exc).replace("SamplingParams.", ""), field.group(1) if field else None) from None
@@ -158,17 +146,14 @@ def sampling_params(request: _Common, max_tokens: int | None, logprobs: int | No
 
 def check_common(request: _Common) -> None:
     """Request-level rules, checked before any work is submitted."""
-    _require(1 <= request.n <= MAX_N, "n", f"n must be between 1 and {MAX_N}")
-    _require(not request.logit_bias, "logit_bias", "logit_bias is not supported")
-    _require(request.stream or request.stream_options is None, "stream_options",
+    require(1 <= request.n <= MAX_N, "n", f"n must be between 1 and {MAX_N}")
+    require(not request.logit_bias, "logit_bias", "logit_bias is not supported")
+    require(request.stream or request.stream_options is None, "stream_options",
              "stream_options is only allowed with stream=true")
-    _require(request.request_timeout is None or request.request_timeout > 0, "request_timeout",
+    require(request.request_timeout is None or request.request_timeout > 0, "request_timeout",
              "request_timeout must be a positive number of seconds")
-    _require(request.response_format is None or request.response_format.type == "text", "response_format",
-             "response_format json_object and json_schema are not supported yet (Forge refuses constraints it "
-             "would not enforce)")
-    _require(not getattr(request, "tools", None), "tools", "tool calling is not supported yet")
-    _require(getattr(request, "tool_choice", None) in (None, "none", "auto"), "tool_choice",
+    require(not getattr(request, "tools", None), "tools", "tool calling is not supported yet")
+    require(getattr(request, "tool_choice", None) in (None, "none", "auto"), "tool_choice",
              "tool_choice needs tools, which are not supported yet")
 
 
@@ -180,43 +165,38 @@ def request_timeout(request: _Common, server_limit_s: float | None) -> float | N
 
 def stop_strings(request: _Common) -> list[str]:
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-    _require(len(stop) <= 16, "stop", "at most 16 stop strings")
+    require(len(stop) <= 16, "stop", "at most 16 stop strings")
     return stop
 
 
 def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:
-    _require(request.suffix is None, "suffix", "suffix is not supported")
-    _require(request.best_of in (None, 1), "best_of", "best_of is not supported")
-    _require(request.logprobs is None or 0 <= request.logprobs <= 5, "logprobs", "logprobs must be in [0, 5]")
+    require(request.suffix is None, "suffix", "suffix is not supported")
+    require(request.best_of in (None, 1), "best_of", "best_of is not supported")
+    require(request.logprobs is None or 0 <= request.logprobs <= 5, "logprobs", "logprobs must be in [0, 5]")
     prompt = request.prompt
     if isinstance(prompt, str) or all(isinstance(p, int) for p in prompt):
         prompts = [prompt]
     else:
-        _require(all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt), "prompt",
+        require(all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt), "prompt",
                  "prompt must be a string, a list of strings, a list of token ids or a list of such lists")
         prompts = list(prompt)
-    _require(bool(prompts) and all(len(p) > 0 for p in prompts), "prompt", "the prompt is empty")
-    _require(len(prompts) * request.n <= MAX_N * 4, "prompt", "too many prompts in one request")
+    require(bool(prompts) and all(len(p) > 0 for p in prompts), "prompt", "the prompt is empty")
+    require(len(prompts) * request.n <= MAX_N * 4, "prompt", "too many prompts in one request")
     return prompts
 
 
 def chat_messages(request: ChatRequest) -> list[ChatMessage]:
-    _require(bool(request.messages), "messages", "messages must not be empty")
-    _require(request.top_logprobs is None or 0 <= request.top_logprobs <= 20, "top_logprobs",
+    require(bool(request.messages), "messages", "messages must not be empty")
+    require(request.top_logprobs is None or 0 <= request.top_logprobs <= 20, "top_logprobs",
              "top_logprobs must be in [0, 20]")
     messages = []
     for message in request.messages:
         content = message.content
         if isinstance(content, list):
-            _require(all(p.type == "text" for p in content), "messages", "only text content parts are supported")
+            require(all(p.type == "text" for p in content), "messages", "only text content parts are supported")
             content = "".join(p.text for p in content)
         messages.append(ChatMessage(message.role, content or ""))
     return messages
-
-
-def _require(ok: bool, param: str, message: str) -> None:
-    if not ok:
-        raise ApiError(400, message, param)
 
 
 # --- responses -----------------------------------------------------------------------------------

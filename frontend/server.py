@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 
 from frontend import openai_api as api
-from frontend import openapi
+from frontend import openapi, structured_output
 from frontend.client import EngineClient, Unavailable
 from frontend.metrics import Metrics
 from frontend.middlewares import api_key_check, openai_errors
@@ -43,10 +43,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
     model = _served_model(request, body.model)
     api.check_common(body)
     prompts, stop = api.completion_prompts(body), api.stop_strings(body)
+    grammar = await structured_output.grammar(body.response_format, body.structured_outputs)
     jobs = []
     for p, prompt in enumerate(prompts):
         for j in range(body.n):
-            params = api.sampling_params(body, body.max_tokens, body.logprobs, _max_model_len(request), j)
+            params = api.sampling_params(body, body.max_tokens, body.logprobs, _max_model_len(request), j, grammar)
             text, ids = (prompt, None) if isinstance(prompt, str) else (None, list(prompt))
             jobs.append(lambda rid, params=params, text=text, ids=ids: GenerateRequest(
                 rid, params, prompt=text, prompt_ids=ids, stop=stop, echo=body.echo,
@@ -61,9 +62,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     messages, stop = api.chat_messages(body), api.stop_strings(body)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    grammar = await structured_output.grammar(body.response_format, body.structured_outputs)
     jobs = []
     for j in range(body.n):
-        params = api.sampling_params(body, max_tokens, logprobs, _max_model_len(request), j)
+        params = api.sampling_params(body, max_tokens, logprobs, _max_model_len(request), j, grammar)
         jobs.append(lambda rid, params=params: GenerateRequest(rid, params, messages=messages, stop=stop,
                                                                max_tokens_is_default=max_tokens is None))
     return await _respond(request, body, model, jobs, "chat.completion")

@@ -120,3 +120,10 @@ def check_apply_penalties(logits: torch.Tensor, prompt_mask: torch.Tensor, outpu
     _require(output_counts.shape == logits.shape, "output_counts must be [num_rows, vocab_size]")
     for name, t in (("repetition", repetition), ("presence", presence), ("frequency", frequency)):
         _require(t.shape == (logits.shape[0],), f"{name} must be [num_rows]")
+
+
+def check_apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    _require(logits.dim() == 2 and logits.dtype == torch.float32, "logits must be float32 [num_rows, vocab_size]")
+    words = -(-logits.shape[1] // 32)
+    _require(bitmask.dtype == torch.int32 and tuple(bitmask.shape) == (logits.shape[0], words),
+             f"bitmask must be int32 [num_rows, {words}] (one bit a token); got {tuple(bitmask.shape)} {bitmask.dtype}")

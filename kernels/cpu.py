@@ -28,6 +28,7 @@ MAX_BLOCK_SIZE = 64
 MAX_HIDDEN = 16384  # rms_norm.c keeps a row of float32 on the stack
 
 apply_penalties = ref.apply_penalties
+apply_token_bitmask = ref.apply_token_bitmask
 sample = ref.sample
 
 

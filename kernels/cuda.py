@@ -25,7 +25,7 @@ C_MATMULS = False  # the CPU's C matmuls: not on a GPU
 TILE_TOKENS = 8  # query tokens per attention tile; a decode row is a tile of one
 MIN_PARTITION = 256  # fewest keys one attention block takes on; a multiple of 32
 _COPY_THREADS = 128
-_PENALTY_THREADS = 256
+_ELEMENTWISE_THREADS = 256
 
 rms_norm = ref.rms_norm  # torch ops: capturable, and not where a GPU step spends its time
 
@@ -242,10 +242,23 @@ def apply_penalties(logits: torch.Tensor, prompt_mask: torch.Tensor, output_coun
     if num_rows == 0:
         return out
     f32 = functools.partial(_contiguous, dtype=torch.float32)
-    _launch(sources.SAMPLING, "apply_penalties", (-(-vocab // _PENALTY_THREADS), num_rows, 1), _PENALTY_THREADS,
+    _launch(sources.SAMPLING, "apply_penalties", (-(-vocab // _ELEMENTWISE_THREADS), num_rows, 1), _ELEMENTWISE_THREADS,
             (f32(logits), _contiguous(prompt_mask, torch.bool),
              _contiguous(output_counts, torch.int32), f32(repetition), f32(presence),
              f32(frequency), out, np.int32(vocab)))
+    return out
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """Grammar masking as ref.apply_token_bitmask specifies; returns a new tensor."""
+    contract.check_apply_token_bitmask(logits, bitmask)
+    num_rows, vocab = logits.shape
+    out = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    if num_rows == 0:
+        return out
+    _launch(sources.SAMPLING, "apply_token_bitmask", (-(-vocab // _ELEMENTWISE_THREADS), num_rows, 1), _ELEMENTWISE_THREADS,
+            (_contiguous(logits, torch.float32), _contiguous(bitmask, torch.int32), out, np.int32(vocab),
+             np.int32(bitmask.shape[1])))
     return out
 
 

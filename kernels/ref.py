@@ -177,6 +177,17 @@ def apply_penalties(logits: torch.Tensor, prompt_mask: torch.Tensor, output_coun
     return logits - frequency[:, None] * counts - presence[:, None] * (output_counts > 0).to(logits.dtype)
 
 
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """Grammar masking of [num_rows, vocab] float32 logits: token t of row r keeps its logit when
+    bit t % 32 of bitmask[r, t // 32] is set (int32 [num_rows, ceil(vocab / 32)], llguidance's
+    layout), else becomes -inf. Returns a new tensor."""
+    contract.check_apply_token_bitmask(logits, bitmask)
+    num_rows, vocab = logits.shape
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)  # [32]
+    allowed = ((bitmask.unsqueeze(-1) >> shifts) & 1).view(num_rows, -1)[:, :vocab]  # [R, V]
+    return logits.masked_fill(allowed == 0, float("-inf"))
+
+
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
            min_p: torch.Tensor, seeds: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """One token per row of [num_rows, vocab] float32 logits. Returns [num_rows] int64.

@@ -58,6 +58,10 @@ class SamplingParams(msgspec.Struct, tag=True, array_like=True, frozen=True, gc=
     ignore_eos: bool = False
     min_tokens: int = 0  # EOS and stop tokens are masked until this many tokens exist
     logprobs: int | None = None  # None: no logprobs; N: the sampled token's plus the top N
+    # A constraint every token must keep to: an llguidance grammar (frontend/structured_output.py
+    # builds it from response_format or structured_outputs); "" = none. The request ends where the
+    # grammar does.
+    grammar: str = ""
 
     def __post_init__(self) -> None:
         _check(self.max_tokens >= 1, "max_tokens", "must be at least 1", self.max_tokens)

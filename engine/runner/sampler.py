@@ -6,6 +6,7 @@ import types
 
 import torch
 
+from engine.grammar import token_bitmask
 from engine.scheduling.request import Request
 from shared.messages import TokenLogprob
 
@@ -22,6 +23,9 @@ class Sampler:
         if all(r.plain_greedy for r in requests):  # the common case, in one pass over the rows
             return logits.argmax(dim=-1).tolist(), None
         raw = logits
+        constrained = [row for row, r in enumerate(requests) if r.matcher is not None]
+        if constrained:
+            logits = self._apply_grammars(logits, requests, constrained)
         if any(r.params.repetition_penalty != 1.0 or r.params.presence_penalty or r.params.frequency_penalty
                for r in requests):
             logits = self._apply_penalties(logits, requests)
@@ -53,6 +57,16 @@ class Sampler:
 
     def _column(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=self.device)
+
+    def _apply_grammars(self, logits: torch.Tensor, requests: list[Request], rows: list[int]) -> torch.Tensor:
+        """-inf for every token the grammar of a constrained row does not allow next (first, so
+        that nothing after it can bring one back)."""
+        bitmask = token_bitmask.allowed_tokens([requests[row].matcher for row in rows], logits.shape[1])
+        bitmask = bitmask.to(self.device)  # [len(rows), ceil(vocab / 32)]
+        if len(rows) == len(requests):
+            return self.ops.apply_token_bitmask(logits, bitmask)
+        index = torch.tensor(rows, device=self.device)
+        return logits.index_copy(0, index, self.ops.apply_token_bitmask(logits[index], bitmask))
 
     def _apply_penalties(self, logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
         num_rows, vocab = logits.shape

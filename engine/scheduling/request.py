@@ -27,6 +27,7 @@ class Request:
         "hashed_parent",
         "length_limit",
         "logprobs",
+        "matcher",
         "num_cached_tokens",
         "num_computed_tokens",
         "num_hashed_blocks",
@@ -62,7 +63,10 @@ class Request:
         # The sampler's fast path: the top token, nothing else to compute or mask.
         self.plain_greedy = (params.is_greedy and params.logprobs is None and params.min_tokens == 0
                              and params.repetition_penalty == 1.0 and not params.presence_penalty
-                             and not params.frequency_penalty)
+                             and not params.frequency_penalty and not params.grammar)
+        # With params.grammar: its llguidance matcher (engine/grammar), set before the request is
+        # queued and advanced by every token it samples.
+        self.matcher = None
         self.finish_reason = FinishReason.NONE
         self.error: str | None = None  # set only when finish_reason is ERROR
         self.error_code = 0  # with an error: 400 (cannot be served as asked) or 500 (the engine failed)

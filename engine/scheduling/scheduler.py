@@ -199,10 +199,33 @@ class Scheduler:
             token_ids.append(token_id)
             if token_id in request.stop_ids:
                 self._finish(request, FinishReason.STOP)
+            elif request.matcher is not None and self._grammar_ends(request, token_id):
+                pass  # finished there
             elif len(token_ids) >= request.length_limit or len(token_ids) >= max_model_len:
                 self._finish(request, FinishReason.LENGTH)
         finished, self.newly_finished = self.newly_finished, []
         return finished
+
+    def _grammar_ends(self, request: Request, token_id: int) -> bool:
+        """Advance the request's grammar by its new token; True when that ended the request: the
+        grammar is complete (STOP) or refused the token its own mask allowed (ERROR)."""
+        matcher = request.matcher
+        if not matcher.consume_token(token_id):
+            self._finish(request, FinishReason.ERROR, f"the grammar refused token {token_id}: {matcher.get_error()}",
+                         error_code=500)
+            return True
+        if matcher.is_stopped():
+            self._finish(request, FinishReason.STOP)
+            return True
+        return False
+
+    def end_unqueued(self, request: Request, reason: FinishReason, error: str | None = None) -> None:
+        """Finish a request that never reached the queue (aborted, or its grammar failed, while
+        it compiled); it is reported like any other that finished."""
+        if request.rid in self.requests:
+            raise ValueError(f"request id {request.rid} is already in the engine")
+        self.requests[request.rid] = request
+        self._finish(request, reason, error)
 
     def _finish(self, request: Request, reason: FinishReason, error: str | None = None,
                 error_code: int = 400) -> None:

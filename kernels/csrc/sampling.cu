@@ -321,3 +321,16 @@ extern "C" __global__ void apply_penalties(
   x = __fsub_rn(x, __fmul_rn(presence[r], count > 0 ? 1.0f : 0.0f));
   out[at] = x;
 }
+
+// Grammar masking: token i of row r keeps its logit when bit i % 32 of bitmask[r][i / 32] is set
+// (llguidance's layout), else becomes -inf.
+extern "C" __global__ void apply_token_bitmask(
+    const float* __restrict__ logits,  // [num_rows, vocab]
+    const int* __restrict__ bitmask,   // [num_rows, words], words = ceil(vocab / 32)
+    float* __restrict__ out, int vocab, int words) {  // [num_rows, vocab]
+  const int i = blockIdx.x * blockDim.x + threadIdx.x, r = blockIdx.y;
+  if (i >= vocab) return;
+  const long long at = static_cast<long long>(r) * vocab + i;
+  const unsigned word = static_cast<unsigned>(bitmask[static_cast<long long>(r) * words + i / 32]);
+  out[at] = (word >> (i % 32)) & 1u ? logits[at] : FORGE_NEG_INF;
+}

@@ -201,3 +201,15 @@ def test_cupy_launches_are_captured_by_a_torch_cuda_graph():
     torch.cuda.synchronize()
     expected = dense_attention(new_query.cpu(), dense_k, dense_v, seq_lens, q_lens, 128 ** -0.5)
     torch.testing.assert_close(out.cpu().double(), expected, **TOL[torch.bfloat16])
+
+
+def test_token_bitmask_matches_ref_exactly(device):
+    """Vocabularies that do and do not fill their last 32-bit word; rows allowing all, none, some."""
+    g = torch.Generator().manual_seed(3)
+    for vocab in (1000, 1024):
+        logits = torch.randn(4, vocab, generator=g)
+        bitmask = torch.randint(-2**31, 2**31 - 1, (4, -(-vocab // 32)), generator=g, dtype=torch.int64).int()
+        bitmask[0], bitmask[1] = -1, 0
+        expected = ref.apply_token_bitmask(logits, bitmask)
+        got = cuda.apply_token_bitmask(*on(device, logits, bitmask))
+        assert torch.equal(got.cpu(), expected)

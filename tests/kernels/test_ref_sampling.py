@@ -83,3 +83,18 @@ def test_penalties_follow_the_openai_and_vllm_rules():
     # token 2: output x3 -> /2, then -0.1*3 - 0.5; token 3 untouched.
     expected = torch.tensor([[1.0, -4.0, 0.5 - 0.3 - 0.5, 0.5]])
     torch.testing.assert_close(got, expected)
+
+
+def test_token_bitmask_keeps_exactly_the_set_bits():
+    """Against llguidance's own numpy reading of the same bits (its layout is the contract)."""
+    import numpy as np
+    from llguidance.numpy import apply_token_bitmask_inplace
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 70, generator=g)  # 70 tokens: the last word is part padding
+    bitmask = torch.randint(-2**31, 2**31 - 1, (3, 3), generator=g, dtype=torch.int64).int()
+    expected = logits.numpy().copy()
+    apply_token_bitmask_inplace(expected, bitmask.numpy())
+    got = ops.apply_token_bitmask(logits, bitmask)
+    assert np.array_equal(got.numpy(), expected)
+    assert torch.equal(torch.isinf(got), torch.from_numpy(np.isinf(expected)))

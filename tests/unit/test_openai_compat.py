@@ -52,10 +52,13 @@ def test_explicit_nulls_and_neutral_fields_are_accepted(tmp_path, monkeypatch):
 @pytest.mark.parametrize(("field", "value"), [
     ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
     ("tool_choice", "required"),
-    ("response_format", {"type": "json_object"}),
-    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x"}}),
+    ("response_format", {"type": "xml"}),
     ("guided_json", {"type": "object"}),
     ("guided_regex", "a+"),
+    ("guided_choice", ["a", "b"]),
+    ("guided_grammar", "root ::= \"a\""),
+    ("guided_decoding_backend", "xgrammar"),
 ])
 def test_what_would_change_the_answer_and_is_not_built_is_refused_by_name(tmp_path, monkeypatch, field, value):
     status, answer = _status(tmp_path, monkeypatch, "/v1/chat/completions", {**CHAT, field: value})

@@ -1,0 +1,48 @@
+"""Constrained output through the real processes, driven by the official openai client: the
+response_format and structured_outputs shapes vLLM users send, streamed and whole."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import openai
+import pytest
+
+from tests.e2e.conftest import MODEL
+
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
+          "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}}}
+ASK = [{"role": "user", "content": "Describe a person as JSON with a name and an age."}]
+
+
+def test_json_schema_response_format_streamed_equals_whole(client):
+    response_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    whole = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=60, temperature=0,
+                                           response_format=response_format)
+    value = json.loads(whole.choices[0].message.content)
+    assert set(value) == {"name", "age"} and isinstance(value["age"], int)
+    assert whole.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=60, temperature=0,
+                                            response_format=response_format, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == whole.choices[0].message.content
+
+
+def test_structured_outputs_on_completions(client):
+    phone = client.completions.create(model=MODEL, prompt="Call me at", max_tokens=12, temperature=1.0, n=4,
+                                      extra_body={"structured_outputs": {"regex": r"\d{3}-\d{4}"}})
+    assert all(re.fullmatch(r"\d{3}-\d{4}", c.text) for c in phone.choices), [c.text for c in phone.choices]
+    json_object = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=60, temperature=0,
+                                                 response_format={"type": "json_object"})
+    assert isinstance(json.loads(json_object.choices[0].message.content), dict)
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"structured_outputs": {"regex": "("}}, "structured_outputs.regex"),
+    ({"guided_json": PERSON}, "guided_json"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format"),
+])
+def test_a_constraint_that_cannot_be_enforced_is_refused_by_name(client, extra, param):
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=8, extra_body=extra)
+    assert raised.value.body["param"] == param
