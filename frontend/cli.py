@@ -12,6 +12,7 @@ import sys
 from shared import ipc
 from shared.config import KERNEL_KINDS, WEIGHT_FORMATS
 from shared.messages import SamplingParams
+from shared.text.tool_call_format import PARSER_NAMES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -26,6 +27,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-gib", type=float, default=1.0)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--served-model-name", default=None)
+    p.add_argument("--tool-call-parser", default=None, choices=PARSER_NAMES,
+                   help="how the model writes tool calls (default: read from its chat template)")
     p.add_argument("--kernels", default="auto", choices=KERNEL_KINDS,
                    help="device ops: cuda kernels, the torch reference, or auto (cuda on a GPU when CuPy imports)")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode steps")
@@ -41,7 +44,8 @@ def _engine_options(args: argparse.Namespace) -> list[str]:
            "--max-num-batched-tokens", str(args.max_num_batched_tokens), "--kv-cache-gib", str(args.kv_cache_gib),
            "--kernels", args.kernels, "--quantized-weights", args.quantized_weights]
     for flag, value in (("--max-model-len", args.max_model_len), ("--num-kv-blocks", args.num_kv_blocks),
-                        ("--served-model-name", args.served_model_name)):
+                        ("--served-model-name", args.served_model_name),
+                        ("--tool-call-parser", args.tool_call_parser)):
         if value is not None:
             out += [flag, str(value)]
     return (out + (["--no-prefix-caching"] if args.no_prefix_caching else [])
@@ -87,7 +91,7 @@ def _run_engine(args: argparse.Namespace) -> int:
                    num_kv_blocks=args.num_kv_blocks, kv_cache_gib=args.kv_cache_gib,
                    enable_prefix_caching=not args.no_prefix_caching, kernels=args.kernels,
                    cuda_graphs=not args.enforce_eager, quantized_weights=args.quantized_weights)
-    serving.serve(args.model, options, args.served_model_name, args.engine, args.curve_dir)
+    serving.serve(args.model, options, args.served_model_name, args.engine, args.curve_dir, args.tool_call_parser)
     return 0
 
 

@@ -58,6 +58,7 @@ class Worker:
     num_requests_total: int = 0
     cpu_seconds: float = 0.0
     sees_engine: bool = False  # its last heartbeat carried live engine stats
+    tool_call_format: str = ""  # how the engine's model writes tool calls ("" none)
 
 
 class EngineClient:
@@ -190,7 +191,7 @@ class EngineClient:
             if isinstance(message, WorkerReady):
                 restarted = self.workers.get(worker_id)  # ZeroMQ admits one peer an identity: that one is gone
                 self.workers[worker_id] = Worker(worker_id, identity, message.model, message.max_model_len,
-                                                 time.monotonic())
+                                                 time.monotonic(), tool_call_format=message.tool_call_format)
                 logger.info("tokenizer worker %d ready", worker_id)
                 if restarted is not None:
                     self._lose_worker(restarted, "was restarted")

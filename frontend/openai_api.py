@@ -7,6 +7,7 @@ accepted only at their neutral values.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Any, ClassVar
@@ -15,7 +16,8 @@ import msgspec
 
 from frontend.api_error import ApiError, require
 from frontend.structured_output import ResponseFormat, StructuredOutputs
-from shared.messages import ChatMessage, SamplingParams
+from frontend.tools import NamedToolChoice, Tool
+from shared.messages import ChatMessage, SamplingParams, ToolCall
 
 MAX_N = 16
 
@@ -29,11 +31,24 @@ class ContentPart(msgspec.Struct, forbid_unknown_fields=True):
     text: str = ""
 
 
+class InFunctionCall(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    arguments: str  # a JSON object's text
+
+
+class InToolCall(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    function: InFunctionCall
+    type: str = "function"
+
+
 class InMessage(msgspec.Struct, forbid_unknown_fields=True):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
     refusal: str | None = None  # an assistant turn's, as clients echo it back: not rendered
+    tool_calls: list[InToolCall] | None = None  # an assistant turn's
+    tool_call_id: str | None = None  # a tool turn's
 
 
 class _NullMeansDefault(msgspec.Struct):
@@ -99,9 +114,9 @@ class ChatRequest(_Common, kw_only=True):
     max_completion_tokens: int | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    tools: list[dict[str, Any]] | None = None  # accepted empty: tool calling is not built yet
-    tool_choice: str | dict[str, Any] | None = None  # accepted as "none" or "auto" without tools
-    parallel_tool_calls: bool | None = None
+    tools: list[Tool] | None = None  # see frontend/tools.py
+    tool_choice: str | NamedToolChoice | None = None  # default: "auto" with tools, else "none"
+    parallel_tool_calls: bool | None = True
 
 
 class TokenizeBody(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -152,9 +167,6 @@ def check_common(request: _Common) -> None:
              "stream_options is only allowed with stream=true")
     require(request.request_timeout is None or request.request_timeout > 0, "request_timeout",
              "request_timeout must be a positive number of seconds")
-    require(not getattr(request, "tools", None), "tools", "tool calling is not supported yet")
-    require(getattr(request, "tool_choice", None) in (None, "none", "auto"), "tool_choice",
-             "tool_choice needs tools, which are not supported yet")
 
 
 def request_timeout(request: _Common, server_limit_s: float | None) -> float | None:
@@ -195,8 +207,22 @@ def chat_messages(request: ChatRequest) -> list[ChatMessage]:
         if isinstance(content, list):
             require(all(p.type == "text" for p in content), "messages", "only text content parts are supported")
             content = "".join(p.text for p in content)
-        messages.append(ChatMessage(message.role, content or ""))
+        messages.append(ChatMessage(message.role, content or "", _tool_calls(message),
+                                    message.tool_call_id or ""))
     return messages
+
+
+def _tool_calls(message: InMessage) -> list[ToolCall]:
+    calls = []
+    for call in message.tool_calls or []:
+        try:
+            arguments = json.loads(call.function.arguments)
+        except ValueError:
+            arguments = None
+        require(call.type == "function" and isinstance(arguments, dict), "messages",
+                f"tool call {call.id!r}: a function call whose arguments are a JSON object's text")
+        calls.append(ToolCall(call.id, call.function.name, call.function.arguments))
+    return calls
 
 
 # --- responses -----------------------------------------------------------------------------------

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from aiohttp import web
 
 from frontend import openai_api as api
-from frontend import openapi, structured_output
+from frontend import openapi, responses, structured_output, tools
+from frontend.api_error import require
 from frontend.client import EngineClient, Unavailable
 from frontend.metrics import Metrics
 from frontend.middlewares import api_key_check, openai_errors
-from frontend.request_stream import RequestStream, StreamEvent
+from frontend.request_stream import RequestStream
 from shared.config import FrontendConfig
-from shared.messages import FinishReason, GenerateRequest, TokenizeRequest
+from shared.messages import GenerateRequest, TokenizeRequest
 
 CLIENT = web.AppKey("client", EngineClient)
 METRICS = web.AppKey("metrics", Metrics)
 CONFIG = web.AppKey("config", FrontendConfig)
-# No Connection header: aiohttp writes the one it will act on (close when the request asked for it).
-# A fixed "keep-alive" made pooling clients reuse connections the server was closing (resets).
-SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 def _served_model(request: web.Request, model: str) -> str:
@@ -38,6 +33,10 @@ def _max_model_len(request: web.Request) -> int:
     return min(w.max_model_len for w in request.app[CLIENT].workers.values())
 
 
+def _tool_call_format(request: web.Request) -> str:
+    return next(iter(request.app[CLIENT].workers.values())).tool_call_format
+
+
 async def completions(request: web.Request) -> web.StreamResponse:
     body = api.decode(await request.read(), api.CompletionRequest)
     model = _served_model(request, body.model)
@@ -52,7 +51,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             jobs.append(lambda rid, params=params, text=text, ids=ids: GenerateRequest(
                 rid, params, prompt=text, prompt_ids=ids, stop=stop, echo=body.echo,
                 max_tokens_is_default=body.max_tokens is None))
-    return await _respond(request, body, model, jobs, "text_completion")
+    return await _respond(request, body, jobs, responses.Answer("text_completion", model, body.n, _usage_chunk(body)))
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -62,16 +61,27 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     messages, stop = api.chat_messages(body), api.stop_strings(body)
     max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    tool_use = await tools.tool_use(body.tools, body.tool_choice, body.parallel_tool_calls,
+                                    _tool_call_format(request))
     grammar = await structured_output.grammar(body.response_format, body.structured_outputs)
+    require(not (grammar and tool_use.grammar), "tool_choice",
+                "a forced tool call and response_format or structured_outputs cannot both constrain the output")
     jobs = []
     for j in range(body.n):
-        params = api.sampling_params(body, max_tokens, logprobs, _max_model_len(request), j, grammar)
+        params = api.sampling_params(body, max_tokens, logprobs, _max_model_len(request), j,
+                                     grammar or tool_use.grammar)
         jobs.append(lambda rid, params=params: GenerateRequest(rid, params, messages=messages, stop=stop,
-                                                               max_tokens_is_default=max_tokens is None))
-    return await _respond(request, body, model, jobs, "chat.completion")
+                                                               max_tokens_is_default=max_tokens is None,
+                                                               tools=tool_use.tools))
+    answer = responses.Answer("chat.completion", model, body.n, _usage_chunk(body), tool_use.parser)
+    return await _respond(request, body, jobs, answer)
 
 
-async def _respond(request: web.Request, body, model: str, jobs: list, kind: str) -> web.StreamResponse:
+def _usage_chunk(body: api.CompletionRequest | api.ChatRequest) -> bool:
+    return bool(body.stream and body.stream_options and body.stream_options.include_usage)
+
+
+async def _respond(request: web.Request, body, jobs: list, answer: responses.Answer) -> web.StreamResponse:
     client = request.app[CLIENT]
     streams: list[RequestStream] = []
     try:
@@ -79,116 +89,11 @@ async def _respond(request: web.Request, body, model: str, jobs: list, kind: str
         for job in jobs:
             streams.append(client.submit(job, timeout_s))
         if body.stream:
-            return await _stream(request, body, model, streams, kind)
-        return await _collect(request, model, streams, kind, body.n)
+            return await responses.stream(request, request.app[METRICS], answer, streams)
+        return await responses.collect(request, request.app[METRICS], answer, streams)
     finally:
         for stream in streams:
             stream.close()  # aborts whatever is still running (client gone, error, cancellation)
-
-
-async def _events(request: web.Request, streams: list[RequestStream]):
-    """(choice index, event) from every stream as they arrive, with latency metrics."""
-    metrics = request.app[METRICS]
-    merged: asyncio.Queue = asyncio.Queue()
-    start = time.monotonic()
-
-    async def pump(index: int, stream: RequestStream) -> None:
-        last = None
-        async for event in stream:
-            now = time.monotonic()
-            if event.text or event.num_output_tokens:
-                if last is None:
-                    metrics.ttft.observe(now - start)
-                else:
-                    metrics.itl.observe(now - last)
-                last = now
-            await merged.put((index, event))
-        metrics.e2e.observe(time.monotonic() - start)
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        remaining = len(streams)
-        while remaining:
-            index, event = await merged.get()
-            remaining -= bool(event.finish)
-            yield index, event
-    finally:
-        for task in tasks:
-            task.cancel()
-
-
-def _failure(event: StreamEvent) -> api.ApiError:
-    return api.ApiError(event.error_code or 500, event.error or "generation failed")
-
-
-async def _collect(request: web.Request, model: str, streams: list[RequestStream], kind: str,
-                   n: int) -> web.Response:
-    texts = [""] * len(streams)
-    logprobs: list[list] = [[] for _ in streams]
-    last: list[StreamEvent | None] = [None] * len(streams)
-    async for index, event in _events(request, streams):
-        if event.finish is FinishReason.ERROR:
-            raise _failure(event)
-        texts[index] += event.text
-        logprobs[index] += event.logprobs
-        last[index] = event
-    choices = []
-    for index, (text, event) in enumerate(zip(texts, last)):
-        wants_logprobs = streams[index].wants_logprobs
-        if kind == "chat.completion":
-            choices.append({"index": index, "message": {"role": "assistant", "content": text},
-                            "logprobs": api.chat_logprobs(logprobs[index]) if wants_logprobs else None,
-                            "finish_reason": event.finish.openai_name})
-        else:
-            choices.append({"index": index, "text": text, "finish_reason": event.finish.openai_name,
-                            "logprobs": api.completion_logprobs(logprobs[index], 0) if wants_logprobs else None})
-    usage = _usage(last, n)
-    return web.json_response(api.envelope(streams[0].rid, kind, model, choices, usage=usage))
-
-
-def _usage(last: list[StreamEvent | None], n: int) -> dict:
-    """Choices come n per prompt; each prompt's tokens count once."""
-    finals = [e for e in last if e is not None]
-    firsts = [e for e in last[::n] if e is not None]
-    return api.usage(sum(e.num_prompt_tokens for e in firsts), sum(e.num_output_tokens for e in finals),
-                     sum(e.num_cached_tokens for e in firsts))
-
-
-async def _stream(request: web.Request, body, model: str, streams: list[RequestStream],
-                  kind: str) -> web.StreamResponse:
-    response = web.StreamResponse(headers=SSE_HEADERS)
-    await response.prepare(request)
-    chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    extra = {"usage": None} if include_usage else {}
-    rid = streams[0].rid
-    last: list[StreamEvent | None] = [None] * len(streams)
-    if chunk_kind == "chat.completion.chunk":
-        for index in range(len(streams)):
-            choice = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None}
-            await response.write(api.sse(api.envelope(rid, chunk_kind, model, [choice], **extra)))
-    async for index, event in _events(request, streams):
-        if event.finish is FinishReason.ERROR:
-            await response.write(api.sse(_failure(event).body()))
-            break
-        last[index] = event
-        if not event.text and not event.finish:
-            continue
-        finish = event.finish.openai_name
-        if chunk_kind == "chat.completion.chunk":
-            choice = {"index": index, "delta": {"content": event.text} if event.text else {},
-                      "logprobs": api.chat_logprobs(event.logprobs) if event.logprobs else None,
-                      "finish_reason": finish}
-        else:
-            choice = {"index": index, "text": event.text, "finish_reason": finish,
-                      "logprobs": api.completion_logprobs(event.logprobs, 0) if event.logprobs else None}
-        await response.write(api.sse(api.envelope(rid, chunk_kind, model, [choice], **extra)))
-    else:
-        if include_usage:
-            await response.write(api.sse(api.envelope(rid, chunk_kind, model, [], usage=_usage(last, body.n))))
-    await response.write(api.SSE_DONE)
-    return response
 
 
 async def tokenize(request: web.Request) -> web.Response:

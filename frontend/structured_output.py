@@ -50,10 +50,13 @@ async def grammar(response_format: ResponseFormat | None, structured: Structured
     """The llguidance grammar the request asks for ("" for none); a 400 naming the field when it
     is malformed or does not compile."""
     constraint = _constraint(response_format, structured)
-    if constraint is None:
-        return ""
-    param, kind, text, flexible = constraint
-    compiled, error = await asyncio.to_thread(_compile, kind, text, flexible)
+    return "" if constraint is None else await checked_grammar(*constraint)
+
+
+async def checked_grammar(param: str, kind: str, text: str, whitespace_flexible: bool = True) -> str:
+    """`text` in llguidance's format `kind` (json, regex, choice, grammar, lark) compiled and
+    checked; a 400 naming `param` when it does not compile."""
+    compiled, error = await asyncio.to_thread(_compile, kind, text, whitespace_flexible)
     if error:
         raise ApiError(400, f"{param} does not compile: {error}", param)
     return compiled

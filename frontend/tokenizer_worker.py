@@ -37,6 +37,7 @@ from shared.messages import (
     WorkerHeartbeat,
     WorkerReady,
 )
+from shared.text.chat_template import template_message
 from shared.text.text_stream import TextStream
 from shared.text.tokenizer import Tokenizer
 
@@ -99,8 +100,9 @@ class TokenizerWorker:
         self.last_engine_s = time.monotonic()
         gc.collect()
         gc.freeze()  # the tokenizer lives as long as we do: full collections need not scan it
-        ipc.send(self.frontend.socket, WorkerReady(self.worker_id, self.engine_ready.model,
-                                                   self.engine_ready.max_model_len))
+        ready = self.engine_ready
+        ipc.send(self.frontend.socket, WorkerReady(self.worker_id, ready.model, ready.max_model_len,
+                                                   ready.tool_call_format))
 
     def _serve(self) -> None:
         poller = zmq.Poller()
@@ -223,8 +225,8 @@ class TokenizerWorker:
 
     def _tokenize(self, request: GenerateRequest) -> tuple[list[int], str]:
         if request.messages is not None:
-            messages = [{"role": m.role, "content": m.content} for m in request.messages]
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template([template_message(m) for m in request.messages],
+                                                      add_generation_prompt=True, tools=request.tools or None)
             return self.tokenizer.encode(text, add_special_tokens=False), text
         if request.prompt is not None:
             return self.tokenizer.encode(request.prompt), request.prompt

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import secrets
+from typing import Any
 
 import msgspec
 
@@ -127,9 +128,19 @@ def _check_columns(message: msgspec.Struct) -> None:
         raise ValueError(f"{type(message).__name__} columns differ in length: {sorted(lengths)}")
 
 
+class ToolCall(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A function call an assistant message made (OpenAI's tool_calls entry)."""
+
+    id: str
+    name: str
+    arguments: str  # a JSON object's text
+
+
 class ChatMessage(msgspec.Struct, array_like=True, frozen=True, gc=False):
     role: str
     content: str
+    tool_calls: list[ToolCall] = []  # an assistant turn's calls
+    tool_call_id: str = ""  # a tool turn's: the call it answers
 
 
 class GenerateRequest(msgspec.Struct, **_WIRE):
@@ -150,6 +161,7 @@ class GenerateRequest(msgspec.Struct, **_WIRE):
     attempt: int = 0
     resume_ids: list[int] = []
     resume_chars: int = 0
+    tools: list[dict[str, Any]] = []  # chat: the tools the chat template shows the model (OpenAI's shape)
 
 
 MAX_ATTEMPTS = 64  # submissions of one request: the first, then replays
@@ -197,6 +209,7 @@ class EngineReady(msgspec.Struct, **_WIRE):
     bos_token: str | None
     eos_token: str | None
     instance: int = 0  # drawn at each engine start: a worker that sees a new one replays its requests
+    tool_call_format: str = ""  # how the model writes tool calls (shared/text/tool_call_format.py); "" none
 
 
 class EngineStats(msgspec.Struct, **_WIRE):
@@ -263,6 +276,7 @@ class WorkerReady(msgspec.Struct, **_WIRE):
     worker_id: int
     model: str
     max_model_len: int
+    tool_call_format: str = ""  # the engine's (see EngineReady)
 
 
 class WorkerHeartbeat(msgspec.Struct, **_WIRE):

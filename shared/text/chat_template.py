@@ -10,6 +10,8 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from shared.messages import ChatMessage
+
 
 def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
@@ -47,3 +49,16 @@ def render_chat_template(template: str, messages: list[dict[str, Any]], add_gene
                                          **variables)
     except jinja2.exceptions.TemplateError as exc:
         raise ValueError(f"chat template failed: {exc}") from exc
+
+
+def template_message(message: ChatMessage) -> dict[str, Any]:
+    """A wire ChatMessage as the dict chat templates read: as transformers users pass it, with a
+    call's arguments as an object (templates serialize it themselves)."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [{"id": call.id, "type": "function",
+                              "function": {"name": call.name, "arguments": json.loads(call.arguments)}}
+                             for call in message.tool_calls]
+    if message.tool_call_id:
+        out["tool_call_id"] = message.tool_call_id
+    return out

@@ -31,11 +31,13 @@ class Tokenizer:
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                            tools: list[dict[str, Any]] | None = None) -> str:
+        """`tools`: OpenAI-shaped tool definitions, shown to the model as transformers shows them."""
         if self.chat_template is None:
             raise ValueError("this model has no chat template; send a plain prompt instead")
         return render_chat_template(self.chat_template, messages, add_generation_prompt,
-                                    bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+                                    bos_token=self.bos_token or "", eos_token=self.eos_token or "", tools=tools)
 
     @classmethod
     def from_json(cls, tokenizer_json: str, chat_template: str | None, bos_token: str | None,

@@ -11,8 +11,10 @@ STALL_TIMEOUT_S = 6
 @pytest.fixture(scope="session")
 def stack():
     """One float32 stack for the whole session (float32: comparable with InferenceEngine); an engine
-    silent for STALL_TIMEOUT_S is restarted (no step of these tests comes near it)."""
-    server = Stack("--dtype", "float32", "--max-queued-requests", "50", "--engine-stall-timeout", str(STALL_TIMEOUT_S))
+    silent for STALL_TIMEOUT_S is restarted (no step of these tests comes near it). SmolLM2's template
+    shows no tools: tool calls are parsed as Hermes / Qwen 2.5 write them."""
+    server = Stack("--dtype", "float32", "--max-queued-requests", "50", "--engine-stall-timeout", str(STALL_TIMEOUT_S),
+                   "--tool-call-parser", "hermes")
     yield server
     server.stop()
 
