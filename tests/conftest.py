@@ -3,6 +3,8 @@ transformers oracle."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import pytest
@@ -42,9 +44,27 @@ def hf_smollm2(gguf_path: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory, name = os.path.split(gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
     return model.eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses the GGUF afresh for the tokenizer, the config and the weights (about 6 s
+    of Python each over 49k vocabulary strings) and rebuilds the same tensor-name map for every
+    tensor (7 s): while it loads, one parse of the file and one map per (arch, layers). Both are
+    only read, so what transformers builds is unchanged; it is half the oracle's load time."""
+    import gguf
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = functools.cache(reader)
+    gguf.get_tensor_name_map = functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ def test_every_answer_validates_against_its_schema_greedy_and_sampled(client):
             response_format={"type": "json_schema", "json_schema": {"name": name, "schema": SCHEMAS[name]}})
         return [(name, choice) for choice in response.choices]
 
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(2 * len(SCHEMAS)) as pool:
         answers = [a for batch in pool.map(lambda job: ask(*job), [(n, t) for n in SCHEMAS for t in (0.0, 1.0)])
                    for a in batch]
     assert len(answers) == 3 * len(SCHEMAS)

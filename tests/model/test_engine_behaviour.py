@@ -39,7 +39,7 @@ def tiny_cache_engine(gguf_path):
 def test_preemption_gives_the_same_tokens_as_a_big_cache(smollm2, tiny_cache_engine):
     prompts = [f"Story {i}: once upon a time, a {word} decided to" for i, word in
                enumerate(["fox", "robot", "sailor", "baker", "comet", "violin", "glacier", "monk"])]
-    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
     big = smollm2.generate(prompts, params)
     small = tiny_cache_engine.generate(prompts, params)
     assert tiny_cache_engine.core.scheduler.num_preemptions > 0, "the test must actually preempt"
@@ -52,7 +52,7 @@ def test_preempted_constrained_requests_keep_to_their_grammar(smollm2, tiny_cach
     """Recomputed after preemption, a constrained request's matcher is where its tokens left it."""
     grammar = llguidance.grammar_from("regex", r"(once upon a time, )+")
     prompts = [f"Story {i}: tell it." for i in range(8)]
-    params = SamplingParams(max_tokens=40, temperature=0.0, grammar=grammar)
+    params = SamplingParams(max_tokens=24, temperature=0.0, grammar=grammar)
     preemptions = tiny_cache_engine.core.scheduler.num_preemptions
     small = tiny_cache_engine.generate(prompts, params)
     assert tiny_cache_engine.core.scheduler.num_preemptions > preemptions, "the test must actually preempt"
