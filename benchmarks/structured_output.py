@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import random
 import statistics
+import string
 import subprocess
 import sys
 import time
@@ -33,33 +34,38 @@ FRUITS = {"type": "object", "required": ["fruits"], "additionalProperties": Fals
     "fruits": {"type": "array", "minItems": 16, "maxItems": 16, "items": {"type": "string", "maxLength": 24}}}}
 
 
-def slow_schema(num_properties: int) -> dict:
-    """An object of many fields, each an enum of long words: slow to compile, fast to match."""
-    words = [f"value_{i}_" + "x" * (i % 13) for i in range(40)]
-    return {"type": "object", "properties": {f"field_{i}": {"enum": words} for i in range(num_properties)},
-            "required": [f"field_{i}" for i in range(num_properties)], "additionalProperties": False}
+def slow_regex(num_words: int, seed: int) -> str:
+    """An alternation of many random words: the slowest grammar to build found that llguidance
+    still enforces within its per-token bounds (a choice or an object of thousands of entries
+    exceeds them, and is refused while generating)."""
+    rng = random.Random(seed)
+    return "(" + "|".join("".join(rng.choice(string.ascii_lowercase) for _ in range(12)) for _ in range(num_words)) + ")"
 
 
-def compile_seconds(schema: dict) -> float:
-    """How long llguidance takes to build a matcher for `schema` over the default model's vocabulary."""
+def compile_seconds(regex: str) -> float:
+    """How long llguidance takes to build a matcher for `regex` over the default model's vocabulary."""
     from engine.loaders import open_checkpoint
 
     tokenizer = open_checkpoint(None).tokenizer
     vocabulary = llguidance.LLTokenizer(tokenizer.backend.to_str())
-    grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))
+    grammar = llguidance.grammar_from("regex", regex)
     start = time.perf_counter()
     matcher = llguidance.LLMatcher(vocabulary, grammar, log_level=0)
+    matcher.compute_bitmask()  # as the engine's compile thread does
     assert not matcher.is_error(), matcher.get_error()
     return time.perf_counter() - start
 
 
-async def one(client: openai.AsyncOpenAI, max_tokens: int, schema: dict | None) -> float | None:
-    """TPOT of one streamed request (None: it did not produce max_tokens tokens)."""
-    extra = {"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}} if schema else {}
+def schema_body(schema: dict) -> dict:
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}}
+
+
+async def one(client: openai.AsyncOpenAI, max_tokens: int, body: dict) -> float | None:
+    """TPOT of one streamed request with these extra body fields (None: under 2 tokens)."""
     first, tokens = None, 0
     stream = await client.chat.completions.create(
         model=MODEL, messages=ASK, max_tokens=max_tokens, temperature=0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True}, **extra)
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True, **body})
     async for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content and first is None:
             first = time.perf_counter()
@@ -70,13 +76,13 @@ async def one(client: openai.AsyncOpenAI, max_tokens: int, schema: dict | None) 
     return (time.perf_counter() - first) / (tokens - 1)
 
 
-async def round_of(client: openai.AsyncOpenAI, schemas: list[dict | None], max_tokens: int,
+async def round_of(client: openai.AsyncOpenAI, bodies: list[dict], max_tokens: int,
                    slow: dict | None = None) -> list[float | None]:
-    """One request per schema, all at once; with `slow`, one more of 4 tokens under it (not timed)."""
-    requests = [one(client, max_tokens, schema) for schema in schemas]
+    """One request per body, all at once; with `slow`, one more of 4 tokens with that body (not timed)."""
+    requests = [one(client, max_tokens, body) for body in bodies]
     if slow is not None:
         requests.append(one(client, 4, slow))
-    return (await asyncio.gather(*requests))[:len(schemas)]
+    return (await asyncio.gather(*requests))[:len(bodies)]
 
 
 def median_ms(values: list[float | None]) -> float:
@@ -86,22 +92,22 @@ def median_ms(values: list[float | None]) -> float:
 async def measure(args: argparse.Namespace, url: str) -> None:
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
     c = args.concurrency
-    await round_of(client, [None, FRUITS], 8)  # warm-up: the first constrained request builds the vocabulary
+    await round_of(client, [{}, schema_body(FRUITS)], 8)  # warm-up: the first constrained request builds the vocabulary
     free, constrained = [], []
     for r in range(args.rounds):
-        free += (tpot := await round_of(client, [None] * c, args.max_tokens))
+        free += (tpot := await round_of(client, [{}] * c, args.max_tokens))
         print(f"round {r + 1}: unconstrained median TPOT {median_ms(tpot):.1f} ms", flush=True)
-        constrained += (tpot := await round_of(client, [FRUITS] * c, args.max_tokens))
+        constrained += (tpot := await round_of(client, [schema_body(FRUITS)] * c, args.max_tokens))
         print(f"round {r + 1}: JSON schema on every request {median_ms(tpot):.1f} ms "
               f"({sum(v is None for v in tpot)} short)", flush=True)
     print(f"JSON schema / unconstrained median TPOT: {median_ms(constrained) / median_ms(free):.3f}")
-    slow = slow_schema(args.slow_fields)
-    print(f"slow grammar: {args.slow_fields} enum fields, compiles in {compile_seconds(slow):.2f} s here")
+    seconds = compile_seconds(slow_regex(args.slow_words, -1))
+    print(f"slow grammar: a regex of {args.slow_words} words, compiles in {seconds:.2f} s here")
     alone, beside = [], []
-    for _ in range(args.rounds):
-        alone += await round_of(client, [None] * (c - 1), args.max_tokens)
-        slow["title"] = f"new each round {time.monotonic()}"  # never served from the compile cache
-        beside += await round_of(client, [None] * (c - 1), args.max_tokens, slow)
+    for r in range(args.rounds):
+        alone += await round_of(client, [{}] * (c - 1), args.slow_phase_tokens)
+        slow = {"structured_outputs": {"regex": slow_regex(args.slow_words, r)}}  # new each round: never cached
+        beside += await round_of(client, [{}] * (c - 1), args.slow_phase_tokens, slow)
     print(f"unconstrained median TPOT: {median_ms(alone):.1f} ms alone, {median_ms(beside):.1f} ms beside a slow "
           f"compile ({median_ms(beside) / median_ms(alone):.3f})")
 
@@ -111,7 +117,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--slow-fields", type=int, default=400)
+    parser.add_argument("--slow-words", type=int, default=60000)
+    parser.add_argument("--slow-phase-tokens", type=int, default=192,
+                        help="tokens a request in part 2: long enough to span the slow grammar's check and compile")
     parser.add_argument("--url", default=None, help="a running server (default: start forge serve)")
     args = parser.parse_args()
     if args.url:

@@ -2,24 +2,21 @@
 into one llguidance grammar (SamplingParams.grammar) that the engine enforces token by token.
 
 Built and checked here, off the engine: a grammar that does not compile is a 400 naming the field
-before anything is queued, and the check runs in a thread (a large schema can take milliseconds)
-with a cache keyed by the constraint. Constraints Forge does not know are refused (the request
+before anything is queued; the check runs in a child process (frontend/grammar_checker.py). Constraints Forge does not know are refused (the request
 structs forbid unknown fields): a constraint never fails open into free text.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 from typing import Any
 
-import llguidance
 import msgspec
 
 from frontend.api_error import ApiError, require
+from frontend.grammar_checker import GrammarChecker
 
-_CACHE_SIZE = 256
+_CHECKER = GrammarChecker()
 
 
 class JsonSchemaFormat(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,7 +53,7 @@ async def grammar(response_format: ResponseFormat | None, structured: Structured
 async def checked_grammar(param: str, kind: str, text: str, whitespace_flexible: bool = True) -> str:
     """`text` in llguidance's format `kind` (json, regex, choice, grammar, lark) compiled and
     checked; a 400 naming `param` when it does not compile."""
-    compiled, error = await asyncio.to_thread(_compile, kind, text, whitespace_flexible)
+    compiled, error = await _CHECKER.compile(kind, text, whitespace_flexible)
     if error:
         raise ApiError(400, f"{param} does not compile: {error}", param)
     return compiled
@@ -103,18 +100,3 @@ def _from_structured_outputs(structured: StructuredOutputs | None) -> tuple[str,
         require(bool(value) and all(value), param, "structured_outputs.choice needs non-empty strings")
         return param, "choice", json.dumps(value), flexible
     return param, name, value, flexible
-
-
-@functools.lru_cache(maxsize=_CACHE_SIZE)
-def _compile(kind: str, text: str, whitespace_flexible: bool) -> tuple[str, str]:
-    """(grammar, "") or ("", why it does not compile)."""
-    try:
-        if kind == "json":
-            compiled = llguidance.LLMatcher.grammar_from_json_schema(
-                text, defaults={"whitespace_flexible": whitespace_flexible})
-        else:
-            compiled = llguidance.grammar_from(kind, text)
-    except (ValueError, TypeError) as exc:
-        return "", str(exc)
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(compiled)
-    return ("", messages[0]) if is_error else (compiled, "")

@@ -1,4 +1,5 @@
-"""Grammar text -> a request's llguidance matcher, built on a thread of its own.
+"""Grammar text -> a request's llguidance matcher, built on a thread of its own (at the lowest CPU
+priority: see shared/background_executor.py).
 
 Building a matcher compiles the grammar against the vocabulary: well under a millisecond for most
 schemas, but up to seconds for huge ones, so it never runs in a step. The engine holds a request
@@ -14,9 +15,14 @@ from collections.abc import Sequence
 
 import llguidance
 
+from shared.background_executor import background_executor
+from shared.grammar_errors import brief
 from shared.text.tokenizer import Tokenizer
 
 CACHE_SIZE = 128  # compiled grammars kept
+# llguidance recurses over a grammar's nesting; the frontend's checker passes only what compiles
+# on an 8 MiB stack, and this thread has eight times that.
+STACK_BYTES = 64 << 20
 
 
 class GrammarError(ValueError):
@@ -28,7 +34,7 @@ class GrammarCompiler:
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size  # the model's (logits width), which may pad the tokenizer's
         self._eos_token_ids = sorted(eos_token_ids)
-        self._thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-grammar")
+        self._thread = background_executor("forge-grammar", STACK_BYTES)
         self._vocabulary: llguidance.LLTokenizer | None = None  # built at the first grammar (~0.2-1 s)
         self._compiled: collections.OrderedDict[str, llguidance.LLMatcher] = collections.OrderedDict()
 
@@ -45,8 +51,10 @@ class GrammarCompiler:
         compiled = self._compiled.get(grammar)
         if compiled is None:
             compiled = llguidance.LLMatcher(self._llg_tokenizer(), grammar, log_level=0)
+            if not compiled.is_error():
+                compiled.compute_bitmask()  # the first mask builds lexer states every copy shares: here, not in a step
             if compiled.is_error():
-                raise GrammarError(compiled.get_error())
+                raise GrammarError(brief(compiled.get_error()))
             self._compiled[grammar] = compiled
             if len(self._compiled) > CACHE_SIZE:
                 self._compiled.popitem(last=False)
@@ -54,7 +62,7 @@ class GrammarCompiler:
             self._compiled.move_to_end(grammar)
         matcher = compiled.deep_copy()
         if output_ids and not matcher.consume_tokens(output_ids):
-            raise GrammarError(f"the tokens generated so far do not keep to the grammar: {matcher.get_error()}")
+            raise GrammarError(f"the tokens generated so far do not keep to the grammar: {brief(matcher.get_error())}")
         return matcher
 
     def _llg_tokenizer(self) -> llguidance.LLTokenizer:

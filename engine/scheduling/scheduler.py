@@ -13,6 +13,7 @@ from collections import deque
 
 from engine.scheduling.block_manager import BlockManager
 from engine.scheduling.request import Request, RequestStatus
+from shared.grammar_errors import brief
 from shared.messages import FinishReason
 
 
@@ -208,11 +209,12 @@ class Scheduler:
 
     def _grammar_ends(self, request: Request, token_id: int) -> bool:
         """Advance the request's grammar by its new token; True when that ended the request: the
-        grammar is complete (STOP) or refused the token its own mask allowed (ERROR)."""
+        grammar is complete (STOP), or its matcher failed (ERROR: llguidance bounds the work of each
+        token, and a grammar past those bounds, such as thousands of alternatives sharing a prefix,
+        cannot be enforced)."""
         matcher = request.matcher
         if not matcher.consume_token(token_id):
-            self._finish(request, FinishReason.ERROR, f"the grammar refused token {token_id}: {matcher.get_error()}",
-                         error_code=500)
+            self._finish(request, FinishReason.ERROR, f"the grammar cannot be enforced: {brief(matcher.get_error())}")
             return True
         if matcher.is_stopped():
             self._finish(request, FinishReason.STOP)

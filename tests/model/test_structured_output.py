@@ -99,3 +99,11 @@ def _run(core) -> dict:
         output = core.step()
         finished.update({r.rid: r for r in output.requests if r.is_finished})
     return finished
+
+
+def test_a_grammar_past_llguidances_bounds_ends_its_request_with_a_short_error(smollm2):
+    """Thousands of alternatives: the matcher gives up at the first token (each token's work is
+    bounded); the request ends with a 400 whose message is one line, not the whole grammar."""
+    choices = json.dumps([f"option number {i}" for i in range(3000)])
+    out = smollm2.generate("Pick:", SamplingParams(max_tokens=4, grammar=llguidance.grammar_from("choice", choices)))
+    assert out.finish_reason == "error" and "cannot be enforced" in out.error and len(out.error) < 400

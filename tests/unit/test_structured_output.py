@@ -79,3 +79,12 @@ def test_a_constraint_that_cannot_be_enforced_is_a_400_naming_its_field(body, pa
     with pytest.raises(ApiError) as raised:
         _grammar(body)
     assert raised.value.status == 400 and raised.value.param == param, raised.value.message
+
+
+def test_a_grammar_that_crashes_the_compiler_is_a_400_and_the_next_one_compiles():
+    """A chain of 5,000 rules overflows llguidance's stack: the checker's child dies, not the frontend."""
+    chain = "\n".join(["start: r0", *(f'r{i}: "w{i} " r{i + 1}?' for i in range(5000)), 'r5000: "end"'])
+    with pytest.raises(ApiError) as raised:
+        _grammar({"structured_outputs": {"grammar": chain}})
+    assert raised.value.param == "structured_outputs.grammar" and "crashed" in raised.value.message
+    assert _accepts(_grammar({"structured_outputs": {"regex": "a+"}}), "aaa")
