@@ -61,7 +61,8 @@ class Sampler:
     def _apply_grammars(self, logits: torch.Tensor, requests: list[Request], rows: list[int]) -> torch.Tensor:
         """-inf for every token the grammar of a constrained row does not allow next (first, so
         that nothing after it can bring one back)."""
-        bitmask = token_bitmask.allowed_tokens([requests[row].matcher for row in rows], logits.shape[1])
+        bitmask = token_bitmask.allowed_tokens([requests[row].matcher for row in rows], logits.shape[1],
+                                               parallel=self.device.type == "cuda")
         bitmask = bitmask.to(self.device)  # [len(rows), ceil(vocab / 32)]
         if len(rows) == len(requests):
             return self.ops.apply_token_bitmask(logits, bitmask)

@@ -98,3 +98,13 @@ def test_token_bitmask_keeps_exactly_the_set_bits():
     got = ops.apply_token_bitmask(logits, bitmask)
     assert np.array_equal(got.numpy(), expected)
     assert torch.equal(torch.isinf(got), torch.from_numpy(np.isinf(expected)))
+
+
+def test_the_cpu_token_bitmask_equals_the_reference():
+    from kernels import cpu
+
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 1000, generator=g)
+    bitmask = torch.randint(-2**31, 2**31 - 1, (4, 32), generator=g, dtype=torch.int64).int()
+    bitmask[0], bitmask[1] = -1, 0
+    assert torch.equal(cpu.apply_token_bitmask(logits, bitmask), ops.apply_token_bitmask(logits, bitmask))

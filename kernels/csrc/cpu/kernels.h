@@ -4,6 +4,8 @@
 #define FORGE_KERNELS_H
 #include <stdint.h>
 
+void apply_token_bitmask(const float* logits, const int32_t* bitmask, float* out, int rows, int vocab, int words);
+
 int bf16_matmul(const uint16_t* x, int64_t x_stride, int rows, int K, const uint16_t* w, int N, uint16_t* out,
                 int64_t out_stride);
 
