@@ -16,6 +16,7 @@ class Completion:
     num_cached_tokens: int  # prompt tokens served from the prefix cache
     logprobs: list[TokenLogprob] | None  # one per generated token when asked for, else None
     error: str | None = None  # why the engine could not serve it (finish_reason "error")
+    prompt_logprobs: list[TokenLogprob] | None = None  # with params.prompt_logprobs: prompt tokens 1.. (not 0)
 
     def __str__(self) -> str:
         return self.text

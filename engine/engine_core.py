@@ -7,6 +7,8 @@ import logging
 import random
 from collections.abc import Sequence
 
+import msgspec
+
 from engine.grammar.compiler import GrammarCompiler, GrammarError
 from engine.runner.model_runner import ModelRunner
 from engine.scheduling.request import Request
@@ -44,6 +46,8 @@ class EngineCore:
             raise ValueError("constrained output needs the model's tokenizer, and this model has none")
         if rid in self.compiling:
             raise ValueError(f"request id {rid} is already in the engine")
+        if output_ids and params.prompt_logprobs is not None:  # a replay: they went out with its first token
+            params = msgspec.structs.replace(params, prompt_logprobs=None)
         seed = params.seed if params.seed is not None else self.seed_source.getrandbits(63)
         request = Request(rid, prompt_ids, params, seed, self.eos_token_ids, output_ids)
         if params.grammar:  # queued once its matcher is built (see _queue_compiled)
@@ -141,4 +145,8 @@ def _gains(requests: list[Request], sampled: list[int | None],
         for request, logprob in zip(requests, logprobs):
             if logprob is not None:
                 request.logprobs.append(logprob)
-    return StepOutput(list(requests), [[token_id] for token_id in sampled], new_logprobs)
+    output = StepOutput(list(requests), [[token_id] for token_id in sampled], new_logprobs)
+    if any(r.prompt_logprobs for r in requests):  # with each request's first token
+        output.prompt_logprobs = [r.prompt_logprobs if len(r.token_ids) == r.prompt_len + 1 else NO_LOGPROBS
+                                  for r in requests]
+    return output

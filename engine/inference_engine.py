@@ -200,7 +200,9 @@ class InferenceEngine:
         return Completion(text=text, token_ids=output_ids, finish_reason=request.finish_reason.openai_name,
                           num_prompt_tokens=request.prompt_len, num_cached_tokens=request.num_cached_tokens,
                           logprobs=list(request.logprobs) if request.params.logprobs is not None else None,
-                          error=request.error)
+                          error=request.error,
+                          prompt_logprobs=list(request.prompt_logprobs) if request.params.prompt_logprobs is not None
+                          else None)
 
     async def generate_stream(self, prompt: Prompt, params: SamplingParams | None = None
                               ) -> AsyncIterator[str]:

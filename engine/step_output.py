@@ -17,6 +17,7 @@ class StepOutput:
     requests: list[Request]  # finish reason, error and counts are read from each
     new_ids: list[list[int]]  # [] for a request that finished without a new token (abort, error)
     logprobs: list[list[TokenLogprob]]  # NO_LOGPROBS unless the request asked for them
+    prompt_logprobs: list[list[TokenLogprob]] | None = None  # None: no row has them this step
 
     @classmethod
     def empty(cls) -> StepOutput:
@@ -36,6 +37,8 @@ class StepOutput:
                 self.requests.append(request)
                 self.new_ids.append([])
                 self.logprobs.append(NO_LOGPROBS)
+                if self.prompt_logprobs is not None:
+                    self.prompt_logprobs.append(NO_LOGPROBS)
 
     def deltas_by_worker(self, worker_of: dict[int, int]) -> dict[int, TokenDeltas]:
         """One TokenDeltas for each worker (`worker_of`: rid -> worker) that has requests here;
@@ -53,11 +56,13 @@ class StepOutput:
     def _token_deltas(self, rows: list[int] | None) -> TokenDeltas:
         """The TokenDeltas message carrying `rows` of this output (None: all of them)."""
         requests, new_ids, logprobs = self.requests, self.new_ids, self.logprobs
+        prompt_logprobs = self.prompt_logprobs or [NO_LOGPROBS] * len(requests)
         if rows is not None:
-            requests, new_ids, logprobs = ([column[i] for i in rows] for column in (requests, new_ids, logprobs))
+            requests, new_ids, logprobs, prompt_logprobs = (
+                [column[i] for i in rows] for column in (requests, new_ids, logprobs, prompt_logprobs))
         return TokenDeltas(rids=[r.rid for r in requests], new_ids=new_ids,
                            finish=[r.finish_reason.value for r in requests],
                            num_prompt_tokens=[r.prompt_len for r in requests],
                            num_cached_tokens=[r.num_cached_tokens for r in requests],
                            errors=[r.error or "" for r in requests], logprobs=logprobs,
-                           error_codes=[r.error_code for r in requests])
+                           error_codes=[r.error_code for r in requests], prompt_logprobs=prompt_logprobs)

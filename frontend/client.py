@@ -225,7 +225,7 @@ class EngineClient:
             stream.latest = StreamEvent(
                 deltas.texts[i], FinishReason(deltas.finish[i]), deltas.num_prompt_tokens[i],
                 deltas.num_output_tokens[i], deltas.num_cached_tokens[i], deltas.errors[i],
-                deltas.error_codes[i], deltas.logprobs[i])
+                deltas.error_codes[i], deltas.prompt_logprobs[i] + deltas.logprobs[i])  # the prompt's come first
             stream.output_ids += deltas.new_ids[i]
             stream.num_chars += len(deltas.texts[i])
             stream.queue.put_nowait(stream.latest)

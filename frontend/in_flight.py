@@ -28,6 +28,8 @@ class InFlight:
     output_ids: list[int] = dataclasses.field(default_factory=list)  # generated and streamed so far
     engine_instance: int = 0  # the engine running it (EngineReady.instance); 0: none yet
     chars_to_skip: int = 0  # text an earlier attempt already sent the client: not sent again
+    score_only: bool = False  # GenerateRequest.score_only: the echo and the prompt's logprobs, no token
+    prompt_scored: bool = False  # the prompt's logprobs went out (params.prompt_logprobs)
 
     @property
     def num_output_tokens(self) -> int:
@@ -56,6 +58,9 @@ class InFlight:
     def take(self, new_ids: list[int], finish: FinishReason) -> tuple[str, FinishReason, bool]:
         """The text `new_ids` add for the client, the finish, and whether a stop string ended the
         request here (its engine request must then be aborted: the text is complete)."""
+        if self.score_only:  # its one token is dropped: the answer is the echoed prompt (and its logprobs)
+            text, self.echo = self.echo, ""
+            return text, FinishReason.LENGTH, not finish
         text = self.echo + self._unsent(self.text.push(new_ids))
         self.echo = ""
         self.output_ids += new_ids

@@ -8,6 +8,7 @@ accepted only at their neutral values.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from typing import Any, ClassVar
@@ -142,7 +143,7 @@ def decode(body: bytes, kind: type) -> Any:
 
 
 def sampling_params(request: _Common, max_tokens: int | None, logprobs: int | None, max_model_len: int,
-                    index: int, grammar: str) -> SamplingParams:
+                    index: int, grammar: str, prompt_logprobs: int | None = None) -> SamplingParams:
     """Choice `index` of the request: with a seed, choice i uses seed + i (distinct, reproducible).
     `grammar`: the request's constraint (frontend/structured_output.py), "" for none."""
     try:
@@ -153,7 +154,7 @@ def sampling_params(request: _Common, max_tokens: int | None, logprobs: int | No
             frequency_penalty=request.frequency_penalty,
             seed=None if request.seed is None else request.seed + index, stop_token_ids=request.stop_token_ids,
             ignore_eos=request.ignore_eos, min_tokens=request.min_tokens, logprobs=logprobs,
-            grammar=grammar)
+            grammar=grammar, prompt_logprobs=prompt_logprobs)
     except ValueError as exc:
         field = re.search(r"SamplingParams\.(\w+)", str(exc))
         raise ApiError(400, str(exc).replace("SamplingParams.", ""), field.group(1) if field else None) from None
@@ -179,6 +180,16 @@ def stop_strings(request: _Common) -> list[str]:
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     require(len(stop) <= 16, "stop", "at most 16 stop strings")
     return stop
+
+
+def completion_scoring(request: CompletionRequest) -> tuple[int | None, int | None, bool]:
+    """(max_tokens to generate, prompt logprobs to compute, whether only the prompt is wanted). With
+    echo, logprobs cover the prompt too; max_tokens 0 with echo scores the prompt and generates
+    nothing (lm-evaluation-harness's loglikelihood requests)."""
+    score_only = request.max_tokens == 0
+    require(not score_only or request.echo, "max_tokens", "max_tokens 0 needs echo: the prompt scored, nothing generated")
+    prompt_logprobs = request.logprobs if request.echo else None
+    return (1 if score_only else request.max_tokens), prompt_logprobs, score_only
 
 
 def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:
@@ -239,14 +250,16 @@ def envelope(rid: int, kind: str, model: str, choices: list[dict], **extra: Any)
 
 
 def completion_logprobs(entries: list, text_offset: int) -> dict[str, Any]:
-    """The legacy completions logprobs object."""
+    """The legacy completions logprobs object. An echoed prompt's first token has no logprob (NaN
+    from the worker): null, as OpenAI and vLLM write it."""
     tokens = [e.token for e in entries]
     offsets, position = [], text_offset
     for token in tokens:
         offsets.append(position)
         position += len(token)
-    return {"tokens": tokens, "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [dict(zip(e.top_tokens, e.top_logprobs)) for e in entries], "text_offset": offsets}
+    return {"tokens": tokens, "token_logprobs": [None if math.isnan(e.logprob) else e.logprob for e in entries],
+            "top_logprobs": [None if math.isnan(e.logprob) else dict(zip(e.top_tokens, e.top_logprobs))
+                             for e in entries], "text_offset": offsets}
 
 
 def chat_logprobs(entries: list) -> dict[str, Any]:

@@ -42,15 +42,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
     model = _served_model(request, body.model)
     api.check_common(body)
     prompts, stop = api.completion_prompts(body), api.stop_strings(body)
+    max_tokens, prompt_logprobs, score_only = api.completion_scoring(body)
     grammar = await structured_output.grammar(body.response_format, body.structured_outputs)
     jobs = []
     for p, prompt in enumerate(prompts):
         for j in range(body.n):
-            params = api.sampling_params(body, body.max_tokens, body.logprobs, _max_model_len(request), j, grammar)
+            params = api.sampling_params(body, max_tokens, body.logprobs, _max_model_len(request), j, grammar,
+                                         prompt_logprobs)
             text, ids = (prompt, None) if isinstance(prompt, str) else (None, list(prompt))
             jobs.append(lambda rid, params=params, text=text, ids=ids: GenerateRequest(
                 rid, params, prompt=text, prompt_ids=ids, stop=stop, echo=body.echo,
-                max_tokens_is_default=body.max_tokens is None))
+                max_tokens_is_default=max_tokens is None, score_only=score_only))
     return await _respond(request, body, jobs, responses.Answer("text_completion", model, body.n, _usage_chunk(body)))
 
 

@@ -16,7 +16,7 @@ import msgspec
 import zmq
 
 from frontend.in_flight import InFlight, split_engine_rid
-from frontend.text_deltas import add_entry, text_logprob
+from frontend.text_deltas import add_entry, row_logprobs
 from shared import ipc
 from shared.config import engine_addresses
 from shared.messages import (
@@ -207,7 +207,8 @@ class TokenizerWorker:
             return
         state = InFlight(request.rid, prompt_ids, params.seeded(), TextStream(self.tokenizer, request.stop),
                          prompt_text if request.echo else "", wants_logprobs=params.logprobs is not None,
-                         attempt=request.attempt)
+                         attempt=request.attempt, score_only=request.score_only,
+                         prompt_scored=bool(request.resume_ids))  # they went out with the first token
         if request.resume_ids or request.resume_chars:
             text = state.resume(request.resume_ids, request.resume_chars)
             finish = FinishReason.STOP if state.text.stopped else (
@@ -276,9 +277,9 @@ class TokenizerWorker:
                 del self.active[rid]
             error = deltas.errors[i]
             code = (deltas.error_codes[i] or 500) if error else 0  # 400: refused as asked; 500: the engine failed
-            logprobs = [text_logprob(self.tokenizer, e) for e in deltas.logprobs[i]] if state.wants_logprobs else []
+            logprobs, prompt_logprobs = row_logprobs(self.tokenizer, state, deltas, i)
             add_entry(out, rid, text, finish, deltas.num_prompt_tokens[i], state.num_output_tokens,
-                      deltas.num_cached_tokens[i], error, code, logprobs, deltas.new_ids[i])
+                      deltas.num_cached_tokens[i], error, code, logprobs, deltas.new_ids[i], prompt_logprobs)
         if out.rids:
             self._send_text(out)
 

@@ -63,6 +63,9 @@ class SamplingParams(msgspec.Struct, tag=True, array_like=True, frozen=True, gc=
     # builds it from response_format or structured_outputs); "" = none. The request ends where the
     # grammar does.
     grammar: str = ""
+    # /v1/completions echo with logprobs: each prompt token's logprob (and the top N) given the
+    # tokens before it; None: not computed. Such a request is never served from the prefix cache.
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.max_tokens >= 1, "max_tokens", "must be at least 1", self.max_tokens)
@@ -83,6 +86,8 @@ class SamplingParams(msgspec.Struct, tag=True, array_like=True, frozen=True, gc=
                self.min_tokens)
         _check(self.logprobs is None or 0 <= self.logprobs <= _MAX_LOGPROBS, "logprobs",
                f"must be in [0, {_MAX_LOGPROBS}]", self.logprobs)
+        _check(self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= _MAX_LOGPROBS, "prompt_logprobs",
+               f"must be in [0, {_MAX_LOGPROBS}]", self.prompt_logprobs)
 
     def seeded(self) -> SamplingParams:
         """These params with a seed: their own, or one drawn now, so that a replay of the request
@@ -162,6 +167,7 @@ class GenerateRequest(msgspec.Struct, **_WIRE):
     resume_ids: list[int] = []
     resume_chars: int = 0
     tools: list[dict[str, Any]] = []  # chat: the tools the chat template shows the model (OpenAI's shape)
+    score_only: bool = False  # max_tokens 0 with echo: the prompt and its logprobs; the one token generated is dropped
 
 
 MAX_ATTEMPTS = 64  # submissions of one request: the first, then replays
@@ -240,6 +246,8 @@ class TokenDeltas(msgspec.Struct, **_WIRE):
     errors: list[str] = _column()  # "" unless finish is ERROR
     logprobs: list[list[TokenLogprob]] = _column()  # empty lists unless asked for
     error_codes: list[int] = _column()  # with an error: 400 (cannot be served as asked) or 500 (engine fault)
+    prompt_logprobs: list[list[TokenLogprob]] = _column()  # with a request's first token, if it asked: one per
+    # prompt token after the first
 
     def __post_init__(self) -> None:
         _check_columns(self)
@@ -265,6 +273,8 @@ class TextDeltas(msgspec.Struct, **_WIRE):
     error_codes: list[int] = _column()  # HTTP status for errors: 400 bad input, 500 engine failure; else 0
     logprobs: list[list[TextLogprob]] = _column()
     new_ids: list[list[int]] = _column()  # the tokens behind each text: kept to replay the request
+    prompt_logprobs: list[list[TextLogprob]] = _column()  # with the first text, if asked: every prompt token's
+    # (the first's logprob is NaN: nothing comes before it)
 
     def __post_init__(self) -> None:
         _check_columns(self)

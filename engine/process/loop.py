@@ -134,7 +134,7 @@ class EngineLoop:
         except ValueError as exc:  # the worker validates first; this is the last line of defence
             self._send_to_worker(request.worker, TokenDeltas(
                 rids=[request.rid], new_ids=[[]], finish=[FinishReason.ERROR], num_prompt_tokens=[len(request.prompt_ids)],
-                num_cached_tokens=[0], errors=[str(exc)], logprobs=[[]], error_codes=[400]))
+                num_cached_tokens=[0], errors=[str(exc)], logprobs=[[]], error_codes=[400], prompt_logprobs=[[]]))
             return
         self.worker_of[request.rid] = request.worker
         self.num_prompt_tokens += len(request.prompt_ids)

@@ -67,9 +67,13 @@ class ModelRunner:
         if self.inject_fault is not None:
             self.inject_fault(batch)
         sampling_rows = batch.sampling_rows
-        logits = self._decode_from_graph(batch)  # [num_seqs, vocab] or None
+        scored = _scored_prompt_spans(batch)
+        logits = None if scored else self._decode_from_graph(batch)  # [num_seqs, vocab] or None
         if logits is None:
-            logits = self._forward(batch, sampling_rows)
+            logits = self._forward(batch, sampling_rows, scored)
+            if scored:  # [num_sampled + scored positions, vocab]: the sampled rows first
+                self._score_prompts(batch, scored, logits[len(sampling_rows):])
+                logits = logits[:len(sampling_rows)]
         elif len(sampling_rows) < len(batch.requests):  # a one-token prompt chunk short of its end
             logits = logits[torch.tensor(sampling_rows, device=logits.device)]
         num_seqs = len(batch.requests)
@@ -86,10 +90,24 @@ class ModelRunner:
                 logprobs[row] = token_logprobs[i]
         return sampled, logprobs
 
-    def _forward(self, batch: ScheduledBatch, sampling_rows: list[int]) -> torch.Tensor | None:
-        """Eager forward pass -> [num_sampled, vocab] float32 logits (None if nothing samples)."""
-        hidden = self._run_model(self._prepare(batch, sampling_rows))  # [num_sampled, hidden]
-        return self.model.compute_logits(hidden) if sampling_rows else None
+    def _forward(self, batch: ScheduledBatch, sampling_rows: list[int],
+                 scored: list[tuple[int, int, int]]) -> torch.Tensor | None:
+        """Eager forward pass -> [num_sampled + scored positions, vocab] float32 logits (None if
+        nothing samples or is scored)."""
+        hidden = self._run_model(self._prepare(batch, sampling_rows, scored))  # [num_sampled + scored, hidden]
+        return self.model.compute_logits(hidden) if hidden.shape[0] else None
+
+    def _score_prompts(self, batch: ScheduledBatch, scored: list[tuple[int, int, int]], logits: torch.Tensor) -> None:
+        """Each scored span's logprobs onto its request, in prompt order. `logits` [sum of counts, vocab]."""
+        start = 0
+        for row, first, count in scored:
+            request = batch.requests[row]
+            entries = self.sampler.token_logprobs(logits[start:start + count],
+                                                  request.token_ids[first + 1:first + 1 + count],
+                                                  request.params.prompt_logprobs)
+            if len(request.prompt_logprobs) == first:  # a retried step may have scored it already
+                request.prompt_logprobs += entries
+            start += count
 
     def _run_model(self, batch: ForwardBatch) -> torch.Tensor:
         """Plan this step's attention, then the forward pass -> [num_sampled, hidden]."""
@@ -117,7 +135,8 @@ class ModelRunner:
         blocks = block_tables[seq_index, positions // self.block_size].astype(np.int64)
         return blocks * self.block_size + positions % self.block_size
 
-    def _prepare(self, batch: ScheduledBatch, sampling_rows: list[int]) -> ForwardBatch:
+    def _prepare(self, batch: ScheduledBatch, sampling_rows: list[int],
+                 scored: list[tuple[int, int, int]] = ()) -> ForwardBatch:
         """The step's flat inputs, built in numpy (a few microseconds an op where torch costs tens
         on tensors this small) and handed to torch without a copy."""
         requests, num_new = batch.requests, batch.num_new_tokens
@@ -137,6 +156,9 @@ class ModelRunner:
         positions = computed[seq_index] + np.arange(num_tokens) - query_start_loc[seq_index]  # [T]
         block_tables = _pad_block_tables([r.block_ids for r in requests])  # [S, max_blocks]
         logits_indices = query_start_loc[1:][np.array(sampling_rows, dtype=np.int64)] - 1  # [num_sampled]
+        if scored:  # then every scored position's row: [num_sampled + scored]
+            logits_indices = np.concatenate([logits_indices, *(
+                np.arange(count) + query_start_loc[row] + first - num_computed[row] for row, first, count in scored)])
         to = self.device
         return ForwardBatch(
             input_ids=torch.from_numpy(input_ids).to(to),
@@ -147,6 +169,20 @@ class ModelRunner:
             query_start_loc=torch.from_numpy(query_start_loc.astype(np.int32)).to(to),
             logits_indices=torch.from_numpy(logits_indices).to(to),
         )
+
+
+def _scored_prompt_spans(batch: ScheduledBatch) -> list[tuple[int, int, int]]:
+    """(row, first position, count) of the prompt positions this step computes whose logprobs a
+    request asked for and has not got: position p scores prompt token p + 1."""
+    spans = []
+    for row, (request, num_new) in enumerate(zip(batch.requests, batch.num_new_tokens)):
+        if request.params.prompt_logprobs is None:
+            continue
+        first = max(request.num_computed_tokens, len(request.prompt_logprobs))
+        end = min(request.num_computed_tokens + num_new, request.prompt_len - 1)
+        if end > first:
+            spans.append((row, first, end - first))
+    return spans
 
 
 def _token_at(request, position: int) -> int:

@@ -108,16 +108,22 @@ class Sampler:
         if not wanted:
             return None
         result: list[TokenLogprob | None] = [None] * len(requests)
-        rows = torch.tensor(wanted, device=self.device)
-        logprobs = raw[rows].log_softmax(dim=-1)  # [W, vocab]
         num_top = max(requests[row].params.logprobs for row in wanted)
-        top_values, top_ids = logprobs.topk(max(num_top, 1), dim=-1)  # [W, num_top]
-        chosen = logprobs.gather(1, torch.tensor([[token_ids[r]] for r in wanted], device=self.device))
-        for i, row in enumerate(wanted):
+        entries = self.token_logprobs(raw[torch.tensor(wanted, device=self.device)], [token_ids[r] for r in wanted],
+                                      num_top)
+        for row, entry in zip(wanted, entries):
             n = requests[row].params.logprobs
-            result[row] = TokenLogprob(token_ids[row], float(chosen[i, 0]), top_ids[i, :n].tolist(),
-                                       top_values[i, :n].tolist())
+            result[row] = TokenLogprob(entry.token_id, entry.logprob, entry.top_ids[:n], entry.top_logprobs[:n])
         return result
+
+    def token_logprobs(self, logits: torch.Tensor, token_ids: list[int], num_top: int) -> list[TokenLogprob]:
+        """For each row of raw `logits` [n, vocab] float32: the logprob of `token_ids[row]` and the
+        `num_top` best (the distribution before temperature and penalties)."""
+        logprobs = logits.log_softmax(dim=-1)  # [n, vocab]
+        top_values, top_ids = logprobs.topk(max(num_top, 1), dim=-1)  # [n, num_top]
+        chosen = logprobs.gather(1, torch.tensor(token_ids, device=self.device)[:, None])[:, 0].tolist()  # [n]
+        top_ids, top_values = top_ids[:, :num_top].tolist(), top_values[:, :num_top].tolist()
+        return [TokenLogprob(t, lp, ids, values) for t, lp, ids, values in zip(token_ids, chosen, top_ids, top_values)]
 
 
 def _as_signed64(seed: int) -> int:

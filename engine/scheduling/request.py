@@ -35,6 +35,7 @@ class Request:
         "params",
         "plain_greedy",
         "prompt_len",
+        "prompt_logprobs",
         "rid",
         "seed",
         "status",
@@ -71,6 +72,8 @@ class Request:
         self.error: str | None = None  # set only when finish_reason is ERROR
         self.error_code = 0  # with an error: 400 (cannot be served as asked) or 500 (the engine failed)
         self.logprobs: list[TokenLogprob] = []  # filled only when params.logprobs is set
+        # With params.prompt_logprobs: entry k is prompt token k + 1's (scored at position k, as its chunk runs)
+        self.prompt_logprobs: list[TokenLogprob] = []
         self.num_preemptions = 0
 
     @property

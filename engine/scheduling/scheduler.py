@@ -166,7 +166,9 @@ class Scheduler:
     def _admit_waiting(self, batch: ScheduledBatch, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
-            cached = self.block_manager.find_cached_prefix(request.token_ids)
+            # A prompt to score is computed whole: cached blocks would skip the positions it needs.
+            scores_prompt = request.params.prompt_logprobs is not None
+            cached = [] if scores_prompt else self.block_manager.find_cached_prefix(request.token_ids)
             num_computed = len(cached) * self.block_manager.block_size
             num_new = min(request.num_tokens - num_computed, budget)
             if not self.block_manager.allocate(request, num_new, cached):

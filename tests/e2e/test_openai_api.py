@@ -150,3 +150,28 @@ def test_without_max_tokens_the_rest_of_the_context_is_available(client):
     assert response.choices[0].finish_reason == "stop" and response.usage.completion_tokens > 0
     response = client.completions.create(model=MODEL, prompt="Hello", temperature=0)
     assert response.usage.completion_tokens == 16  # the completions API's documented default
+
+
+def test_echo_with_logprobs_scores_the_prompt_as_lm_evaluation_harness_asks(client, smollm2):
+    """max_tokens 0, echo, logprobs: the prompt back with every token's logprob (the first: null),
+    nothing generated; with max_tokens > 0 the generated tokens' follow the prompt's."""
+    ids = smollm2.tokenizer.encode("The capital of France is Paris")
+    scored = client.completions.create(model=MODEL, prompt=ids, max_tokens=0, echo=True, logprobs=1, temperature=0)
+    choice, expected = scored.choices[0], smollm2.generate(ids, SamplingParams(max_tokens=1, prompt_logprobs=1))
+    assert choice.text == smollm2.tokenizer.decode(ids) and scored.usage.completion_tokens == 0
+    assert choice.logprobs.token_logprobs[0] is None and choice.logprobs.top_logprobs[0] is None
+    assert choice.logprobs.token_logprobs[1:] == pytest.approx([e.logprob for e in expected.prompt_logprobs], abs=1e-4)
+    assert "".join(choice.logprobs.tokens) == choice.text and len(choice.logprobs.top_logprobs[1]) == 1
+    more = client.completions.create(model=MODEL, prompt=ids, max_tokens=3, echo=True, logprobs=2, temperature=0)
+    assert len(more.choices[0].logprobs.tokens) == len(ids) + 3 and more.usage.completion_tokens == 3
+    assert more.choices[0].logprobs.token_logprobs[:len(ids)] == pytest.approx(
+        choice.logprobs.token_logprobs, abs=1e-4, nan_ok=True)
+
+
+def test_max_tokens_0_without_echo_is_refused(stack):
+    import openai
+
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.completions.create(model=MODEL, prompt="Hi", max_tokens=0)
+    assert raised.value.body["param"] == "max_tokens"

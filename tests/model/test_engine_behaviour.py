@@ -49,15 +49,18 @@ def test_preemption_gives_the_same_tokens_as_a_big_cache(smollm2, tiny_cache_eng
 
 
 def test_preempted_constrained_requests_keep_to_their_grammar(smollm2, tiny_cache_engine):
-    """Recomputed after preemption, a constrained request's matcher is where its tokens left it."""
+    """Recomputed after preemption, a constrained request's matcher is where its tokens left it (and
+    its prompt is not scored twice)."""
     grammar = llguidance.grammar_from("regex", r"(once upon a time, )+")
     prompts = [f"Story {i}: tell it." for i in range(8)]
-    params = SamplingParams(max_tokens=24, temperature=0.0, grammar=grammar)
+    params = SamplingParams(max_tokens=24, temperature=0.0, grammar=grammar, prompt_logprobs=0)
     preemptions = tiny_cache_engine.core.scheduler.num_preemptions
     small = tiny_cache_engine.generate(prompts, params)
     assert tiny_cache_engine.core.scheduler.num_preemptions > preemptions, "the test must actually preempt"
     assert [o.token_ids for o in small] == [o.token_ids for o in smollm2.generate(prompts, params)]
     assert all(o.finish_reason == "length" and o.text.startswith("once upon a time, ") for o in small)
+    # Their prompts, recomputed too, were scored once.
+    assert all(len(o.prompt_logprobs) == o.num_prompt_tokens - 1 for o in small)
 
 
 def test_seeded_sampling_is_independent_of_the_batch(smollm2):
