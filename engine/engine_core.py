@@ -78,8 +78,16 @@ class EngineCore:
             sampled, logprobs = self._execute(batch)
             finished = self.scheduler.update_from_output(batch, sampled)
             output = _gains(batch.requests, sampled, logprobs)
+            if batch.scores_prompts:
+                self._attach_prompt_logprobs(output)
         output.add_finished(finished)
         return output
+
+    def _attach_prompt_logprobs(self, output: StepOutput) -> None:
+        """Prompt logprobs go out with a request's first token; it then stops scoring."""
+        scoring = self.scheduler.scoring
+        output.prompt_logprobs = [r.prompt_logprobs if r in scoring else NO_LOGPROBS for r in output.requests]
+        scoring.difference_update(output.requests)
 
     def _queue_compiled(self) -> None:
         """Queue the requests whose matcher is ready; end those whose grammar failed. With nothing
@@ -145,8 +153,4 @@ def _gains(requests: list[Request], sampled: list[int | None],
         for request, logprob in zip(requests, logprobs):
             if logprob is not None:
                 request.logprobs.append(logprob)
-    output = StepOutput(list(requests), [[token_id] for token_id in sampled], new_logprobs)
-    if any(r.prompt_logprobs for r in requests):  # with each request's first token
-        output.prompt_logprobs = [r.prompt_logprobs if len(r.token_ids) == r.prompt_len + 1 else NO_LOGPROBS
-                                  for r in requests]
-    return output
+    return StepOutput(list(requests), [[token_id] for token_id in sampled], new_logprobs)

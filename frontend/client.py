@@ -28,6 +28,7 @@ from shared.messages import (
     FinishReason,
     GenerateRequest,
     TextDeltas,
+    TextLogprob,
     ToFrontend,
     TokenizeResult,
     WorkerHeartbeat,
@@ -225,7 +226,7 @@ class EngineClient:
             stream.latest = StreamEvent(
                 deltas.texts[i], FinishReason(deltas.finish[i]), deltas.num_prompt_tokens[i],
                 deltas.num_output_tokens[i], deltas.num_cached_tokens[i], deltas.errors[i],
-                deltas.error_codes[i], deltas.prompt_logprobs[i] + deltas.logprobs[i])  # the prompt's come first
+                deltas.error_codes[i], _with_prompt(deltas.prompt_logprobs[i], deltas.logprobs[i]))
             stream.output_ids += deltas.new_ids[i]
             stream.num_chars += len(deltas.texts[i])
             stream.queue.put_nowait(stream.latest)
@@ -289,3 +290,8 @@ class EngineClient:
             self._replay_orphans(now)
             if self.engine_stats is not None and now - self.engine_stats_s > WORKER_SILENCE_S:
                 self.engine_stats = None
+
+
+def _with_prompt(prompt_logprobs: list[TextLogprob], logprobs: list[TextLogprob]) -> list[TextLogprob]:
+    """A step's logprobs, after the prompt's (which come with the first token, if asked for)."""
+    return prompt_logprobs + logprobs if prompt_logprobs else logprobs

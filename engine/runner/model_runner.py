@@ -67,7 +67,7 @@ class ModelRunner:
         if self.inject_fault is not None:
             self.inject_fault(batch)
         sampling_rows = batch.sampling_rows
-        scored = _scored_prompt_spans(batch)
+        scored = _scored_prompt_spans(batch) if batch.scores_prompts else []
         logits = None if scored else self._decode_from_graph(batch)  # [num_seqs, vocab] or None
         if logits is None:
             logits = self._forward(batch, sampling_rows, scored)

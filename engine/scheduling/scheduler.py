@@ -26,6 +26,7 @@ class ScheduledBatch:
     num_new_tokens: list[int] = dataclasses.field(default_factory=list)
     sampling_rows: list[int] = dataclasses.field(default_factory=list)  # indices into requests
     num_preempted: int = 0
+    scores_prompts: bool = False  # some running request wants its prompt's logprobs (and has no token yet)
 
     @property
     def is_empty(self) -> bool:
@@ -43,7 +44,7 @@ class ScheduledBatch:
 
     def subset(self, rows: list[int]) -> ScheduledBatch:
         """The batch of only `rows` (indices into requests), in their order."""
-        batch = ScheduledBatch()
+        batch = ScheduledBatch(scores_prompts=self.scores_prompts)
         for row in rows:
             batch.add(self.requests[row], self.num_new_tokens[row])
         return batch
@@ -64,6 +65,7 @@ class Scheduler:
         self.running: list[Request] = []  # admission order: the last is preempted first
         self.requests: dict[int, Request] = {}
         self.newly_finished: list[Request] = []  # finished outside a step (errors, aborts)
+        self.scoring: set[Request] = set()  # running, asked for prompt logprobs, no token yet
         self.num_preemptions = 0
         self.num_cache_queries = 0  # prompt tokens looked up in the prefix cache at admission
         self.num_cache_hits = 0  # of those, tokens served from it
@@ -104,6 +106,7 @@ class Scheduler:
             batch = self._schedule_running_in_turn()
         if batch.num_preempted == 0:
             self._admit_waiting(batch, self.max_num_batched_tokens - batch.num_tokens)
+        batch.scores_prompts = bool(self.scoring)
         return batch
 
     def _schedule_all_running(self) -> ScheduledBatch | None:
@@ -150,6 +153,7 @@ class Scheduler:
     def _preempt(self, request: Request, batch: ScheduledBatch) -> None:
         # The victim is the last running request, never one already scheduled this step.
         self.running.remove(request)
+        self.scoring.discard(request)
         self.block_manager.free(request)
         request.num_computed_tokens = 0
         request.num_preemptions += 1
@@ -184,6 +188,8 @@ class Scheduler:
                 request.num_cached_tokens = num_computed
             request.status = RequestStatus.RUNNING
             self.running.append(request)
+            if scores_prompt and request.num_tokens == request.prompt_len:
+                self.scoring.add(request)
             batch.add(request, num_new)
             budget -= num_new
 
@@ -236,6 +242,7 @@ class Scheduler:
         """`error_code` (with an error): 400 unless the engine, not the request, failed."""
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
+            self.scoring.discard(request)
         elif request in self.waiting:
             self.waiting.remove(request)
         self.block_manager.free(request)
