@@ -84,10 +84,12 @@ class EngineCore:
         return output
 
     def _attach_prompt_logprobs(self, output: StepOutput) -> None:
-        """Prompt logprobs go out with a request's first token; it then stops scoring."""
-        scoring = self.scheduler.scoring
-        output.prompt_logprobs = [r.prompt_logprobs if r in scoring else NO_LOGPROBS for r in output.requests]
-        scoring.difference_update(output.requests)
+        """Prompt logprobs go out with a request's first token (it may have finished with it, and
+        left the scoring set already); it then stops scoring."""
+        output.prompt_logprobs = [
+            r.prompt_logprobs if r.params.prompt_logprobs is not None and len(r.token_ids) == r.prompt_len + 1
+            else NO_LOGPROBS for r in output.requests]
+        self.scheduler.scoring.difference_update(output.requests)
 
     def _queue_compiled(self) -> None:
         """Queue the requests whose matcher is ready; end those whose grammar failed. With nothing
