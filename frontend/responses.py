@@ -1,6 +1,7 @@
 """The answer to a completion request: its choices' events merged, then written whole (JSON) or
 streamed (SSE). A chat request with tools has each choice's text split into content and tool
-calls by one parser, whole and streamed alike."""
+calls by one incremental parser (shared/text/tool_call_parser.py), whole and streamed alike: the
+frontend is where a request's text is one continuous stream, across worker replays too."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from aiohttp import web
 from frontend import openai_api as api
 from frontend.metrics import Metrics
 from frontend.request_stream import RequestStream, StreamEvent
-from frontend.tool_call_stream import ToolCallStream
 from frontend.tools import new_call_id, tool_calls_json
 from shared.messages import FinishReason
-from shared.text.tool_call_format import FunctionCall, ToolCallFormat
+from shared.text.tool_call_format import ToolCallFormat
+from shared.text.tool_call_parser import CallDelta, ToolCallParser, parse_whole
 
 # No Connection header: aiohttp writes the one it will act on (close when the request asked for it).
 # A fixed "keep-alive" made pooling clients reuse connections the server was closing (resets).
@@ -65,13 +66,15 @@ async def collect(request: web.Request, metrics: Metrics, answer: Answer,
                                           usage=_usage(last, answer.n)))
 
 
-def _message(parser: ToolCallFormat | None, text: str, finish: str) -> tuple[dict, str]:
+def _message(tool_format: ToolCallFormat | None, text: str, finish: str) -> tuple[dict, str]:
     """A chat choice's message and finish reason ("tool_calls" when it ended in calls)."""
-    parsed = parser.parse(text) if parser is not None else None
-    if parsed is None or not parsed.calls:
+    if tool_format is None:
         return {"role": "assistant", "content": text}, finish
-    calls = tool_calls_json(parsed.calls, [new_call_id(parser) for _ in parsed.calls], streamed=False)
-    return {"role": "assistant", "content": parsed.content, "tool_calls": calls}, _ended_in_calls(finish)
+    content, calls = parse_whole(tool_format, text)
+    if not calls:
+        return {"role": "assistant", "content": text}, finish
+    ids = [new_call_id(tool_format) for _ in calls]
+    return {"role": "assistant", "content": content, "tool_calls": tool_calls_json(calls, ids)}, _ended_in_calls(finish)
 
 
 def _ended_in_calls(finish: str) -> str:
@@ -90,7 +93,8 @@ async def stream(request: web.Request, metrics: Metrics, answer: Answer,
         await response.write(api.sse(api.envelope(rid, chunk_kind, answer.model, [choice], **extra)))
 
     last: list[StreamEvent | None] = [None] * len(streams)
-    splitters = [ToolCallStream(answer.parser) if answer.parser else None for _ in streams]
+    parsers = [ToolCallParser(answer.parser) if answer.parser else None for _ in streams]
+    call_ids: list[dict[int, str]] = [{} for _ in streams]  # per choice: call index -> id
     if answer.is_chat:
         for index in range(len(streams)):
             await write({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -107,20 +111,20 @@ async def stream(request: web.Request, metrics: Metrics, answer: Answer,
             await write({"index": index, "text": event.text, "finish_reason": finish,
                          "logprobs": api.completion_logprobs(event.logprobs, 0) if event.logprobs else None})
             continue
-        text, calls, splitter = event.text, [], splitters[index]
-        if splitter is not None:
-            text = splitter.feed(text)
+        text, calls, parser = event.text, [], parsers[index]
+        if parser is not None:
+            text, calls = parser.feed(text)
             if event.finish:
-                rest, calls = splitter.finish()
-                text += rest
-        if calls:  # content first, then the calls, then the finish
-            if text:
-                await write(_content_chunk(index, text, event, None))
-                text, event = "", dataclasses.replace(event, logprobs=[])
-            await write(_calls_chunk(index, calls, answer.parser))
+                rest, more = parser.finish()
+                text, calls = text + rest, calls + more
+        delta: dict = {"content": text} if text else {}
+        if calls:
+            delta["tool_calls"] = [_call_delta(call, call_ids[index], answer.parser) for call in calls]
+        if event.finish and call_ids[index]:
             finish = _ended_in_calls(finish)
-        if text or event.finish or event.logprobs:
-            await write(_content_chunk(index, text, event, finish))
+        if delta or event.finish or event.logprobs:
+            await write({"index": index, "delta": delta, "finish_reason": finish,
+                         "logprobs": api.chat_logprobs(event.logprobs) if event.logprobs else None})
     else:
         if answer.include_usage:
             await response.write(api.sse(api.envelope(rid, chunk_kind, answer.model, [],
@@ -129,15 +133,13 @@ async def stream(request: web.Request, metrics: Metrics, answer: Answer,
     return response
 
 
-def _content_chunk(index: int, text: str, event: StreamEvent, finish: str | None) -> dict:
-    return {"index": index, "delta": {"content": text} if text else {},
-            "logprobs": api.chat_logprobs(event.logprobs) if event.logprobs else None, "finish_reason": finish}
-
-
-def _calls_chunk(index: int, calls: list[FunctionCall], parser: ToolCallFormat) -> dict:
-    ids = [new_call_id(parser) for _ in calls]
-    return {"index": index, "delta": {"tool_calls": tool_calls_json(calls, ids, streamed=True)}, "logprobs": None,
-            "finish_reason": None}
+def _call_delta(call: CallDelta, ids: dict[int, str], tool_format: ToolCallFormat) -> dict:
+    """OpenAI's delta.tool_calls entry: a call's id, type and name first, then argument fragments."""
+    if call.name:
+        ids[call.index] = new_call_id(tool_format)
+        return {"index": call.index, "id": ids[call.index], "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments}}
+    return {"index": call.index, "function": {"arguments": call.arguments}}
 
 
 async def _events(metrics: Metrics, streams: list[RequestStream]):

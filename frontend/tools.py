@@ -100,8 +100,7 @@ def new_call_id(parser: ToolCallFormat) -> str:
     return f"call_{secrets.token_hex(12)}"
 
 
-def tool_calls_json(calls: list[tuple[str, str]], ids: list[str], streamed: bool) -> list[dict[str, Any]]:
-    """message.tool_calls, or a stream's delta.tool_calls (which number each call)."""
-    out = [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-           for (name, arguments), call_id in zip(calls, ids)]
-    return [{"index": i, **call} for i, call in enumerate(out)] if streamed else out
+def tool_calls_json(calls: list[tuple[str, str]], ids: list[str]) -> list[dict[str, Any]]:
+    """message.tool_calls of a whole answer."""
+    return [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            for (name, arguments), call_id in zip(calls, ids)]

@@ -34,16 +34,20 @@ def test_a_required_call_is_a_valid_call_streamed_or_whole(client):
         jsonschema.validate(arguments, schemas[name])
     assert all(call.id.startswith("call_") and call.type == "function" for call in choice.message.tool_calls)
     stream = client.chat.completions.create(**forced, stream=True)
-    streamed, finish = {}, None
+    streamed, finish, num_fragments = {}, None, 0
     for chunk in stream:
         delta = chunk.choices[0].delta
         for call in delta.tool_calls or []:
+            if call.index not in streamed:  # a call's first delta: its id and name
+                assert call.id and call.type == "function" and call.function.name
             entry = streamed.setdefault(call.index, ["", ""])
             entry[0] += call.function.name or ""
             entry[1] += call.function.arguments or ""
+            num_fragments += 1
         finish = chunk.choices[0].finish_reason or finish
-    assert [(name, json.loads(arguments)) for name, arguments in streamed.values()] == _calls(choice.message)
-    assert finish == "tool_calls"
+    assert [tuple(call) for call in streamed.values()] == [
+        (call.function.name, call.function.arguments) for call in choice.message.tool_calls]  # byte for byte
+    assert num_fragments > 2 and finish == "tool_calls"  # the arguments came in pieces
 
 
 def test_a_named_function_is_the_one_called(client):

@@ -1,7 +1,7 @@
 """Tool calls: each family's format parses its calls out of an output; a stream, fed in any
-pieces (one character at a time included), delivers exactly the content and calls the whole
-output parses to; forced calls are grammars that admit only valid calls; the tool fields are
-checked before anything is queued."""
+pieces (one character at a time included), sends each call's name first, then its arguments in
+fragments, and the deltas concatenated are exactly the calls of the whole output; forced calls are
+grammars that admit only valid calls; the tool fields are checked before anything is queued."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from frontend.api_error import ApiError
-from frontend.tool_call_stream import ToolCallStream
 from frontend.tools import FunctionDefinition, FunctionName, NamedToolChoice, Tool, new_call_id, tool_use
 from shared.text.tool_call_format import HERMES, JSON_ARRAY, LLAMA3_JSON, MISTRAL
+from shared.text.tool_call_parser import ToolCallParser, parse_whole
 from tests.unit.test_structured_output import _BYTES
 
 WEATHER = Tool("function", FunctionDefinition("get_weather", parameters={
@@ -37,30 +37,36 @@ def render(tool_format, calls: list[tuple[str, dict]]) -> str:
 
 @pytest.mark.parametrize("tool_format", [HERMES, LLAMA3_JSON, MISTRAL, JSON_ARRAY])
 def test_each_format_parses_its_calls(tool_format):
-    calls = [("get_weather", {"city": "Zürich"}), ("get_time", {})]
-    parsed = tool_format.parse(render(tool_format, calls))
-    assert parsed.content is None
-    assert parsed.calls == [(name, json.dumps(arguments, ensure_ascii=False)) for name, arguments in calls]
+    calls = [("get_weather", {"city": "Zürich", "days": [1, {"}": "{"}]}), ("get_time", {})]
+    assert parse_whole(tool_format, render(tool_format, calls)) == (
+        None, [(name, json.dumps(arguments)) for name, arguments in calls])  # the arguments' text as written
 
 
 def test_hermes_keeps_content_before_calls_and_a_call_cut_off_before_its_closing_tag():
-    parsed = HERMES.parse('Let me look.\n<tool_call>\n{"name": "get_time", "arguments": {}}')
-    assert parsed.content == "Let me look.\n" and parsed.calls == [("get_time", "{}")]
+    assert parse_whole(HERMES, 'Let me look.\n<tool_call>\n{"name": "get_time", "arguments": {}}') == (
+        "Let me look.\n", [("get_time", "{}")])
 
 
-@pytest.mark.parametrize("text", ['<tool_call>\n{"name": "f", "arguments": [1]}\n</tool_call>', "{no json",
-                                  '{"arguments": {}}', "[]", "  "])
-def test_an_output_whose_calls_do_not_parse_is_all_content(text):
+def test_a_name_written_after_the_arguments_still_comes_first():
+    text = '<tool_call>\n{"arguments": {"city": "Oslo"}, "name": "get_weather"}\n</tool_call>'
+    parser = ToolCallParser(HERMES)
+    deltas = [d for c in text for d in parser.feed(c)[1]]
+    assert deltas[0].name == "get_weather" and "".join(d.arguments for d in deltas) == '{"city": "Oslo"}'
+
+
+@pytest.mark.parametrize("text", ["{no json", '{"arguments": {}}', "[]", "  ", '<tool_call>\n{"name": 3}'])
+def test_an_output_without_a_named_call_is_all_content(text):
     for tool_format in (HERMES, LLAMA3_JSON, MISTRAL):
-        parsed = tool_format.parse(text)
-        assert parsed.calls == [] and parsed.content == (text if text.strip() else None)
+        assert parse_whole(tool_format, text) == ((text if text.strip() else None), [])
 
 
 outputs = st.tuples(
     st.sampled_from([HERMES, LLAMA3_JSON, MISTRAL, JSON_ARRAY]),
     st.text(alphabet="ab <{[\n", max_size=12),  # content, with characters that begin calls
     st.lists(st.tuples(st.sampled_from(["get_weather", "get_time"]),
-                       st.dictionaries(st.sampled_from(["city", "n"]), st.text(max_size=6) | st.integers())),
+                       st.dictionaries(st.sampled_from(["city", "n", "a}b"]),
+                                       st.text(alphabet='ab"\\{}[], ', max_size=6) | st.integers()
+                                       | st.lists(st.integers(), max_size=2))),
              max_size=3),
     st.lists(st.integers(1, 7), min_size=1, max_size=40),  # the sizes of the streamed pieces
 )
@@ -71,23 +77,33 @@ outputs = st.tuples(
 def test_a_stream_delivers_exactly_what_the_whole_output_parses_to(case):
     tool_format, content, calls, sizes = case
     text = (content if tool_format.anywhere or not calls else "") + render(tool_format, calls) if calls else content
-    stream, sent, position = ToolCallStream(tool_format), "", 0
+    parser, sent, streamed, position = ToolCallParser(tool_format), "", {}, 0
+    deltas = []
     for size in sizes * (len(text) // len(sizes) + 1):
         if position >= len(text):
             break
-        sent += stream.feed(text[position:position + size])
-        position += size
-    rest, streamed_calls = stream.finish()
-    whole = tool_format.parse(text)
-    assert (sent + rest, streamed_calls) == (whole.content or "", whole.calls)
+        piece_content, piece_deltas = parser.feed(text[position:position + size])
+        sent, deltas, position = sent + piece_content, deltas + piece_deltas, position + size
+    rest, last = parser.finish()
+    for delta in deltas + last:
+        assert bool(delta.name) == (delta.index not in streamed)  # the name first, once
+        entry = streamed.setdefault(delta.index, ["", ""])
+        entry[0] += delta.name
+        entry[1] += delta.arguments
+    whole = parse_whole(tool_format, text)
+    assert ((sent + rest) or None, [tuple(call) for call in streamed.values()]) == whole
+    if calls:  # and those are the calls written, arguments as their JSON text
+        assert whole[1] == [(name, json.dumps(arguments)) for name, arguments in calls]
 
 
-def test_one_character_at_a_time_streams_content_before_the_calls():
-    text = 'Sure.\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
-    stream = ToolCallStream(HERMES)
-    pieces = [stream.feed(c) for c in text]
-    assert "".join(pieces) == "Sure.\n" and stream.finish() == ("", [("get_time", "{}")])
-    assert "".join(pieces[:8]) == "Sure.\n"  # content went out before the call began
+def test_one_character_at_a_time_streams_content_then_the_name_then_argument_fragments():
+    text = 'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    parser = ToolCallParser(HERMES)
+    pieces = [parser.feed(c) for c in text]
+    assert "".join(content for content, _ in pieces) == "Sure.\n"
+    deltas = [d for _, ds in pieces for d in ds]
+    assert deltas[0].name == "get_weather" and len(deltas) > 5  # the arguments came in fragments
+    assert "".join(d.arguments for d in deltas) == '{"city": "Oslo"}' and parser.finish() == ("", [])
 
 
 def _grammar_accepts(grammar: str, text: str) -> bool:
