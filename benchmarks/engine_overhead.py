@@ -60,9 +60,9 @@ TINY = ModelConfig(architecture="LlamaForCausalLM", vocab_size=49152, hidden_siz
 class FreeModelRunner(ModelRunner):
     """The model runner with a forward pass that costs nothing: fixed logits, real everything else."""
 
-    def _forward(self, batch, sampling_rows):
-        self._run_plan(self._prepare(batch, sampling_rows))
-        return self.fixed_logits[:len(sampling_rows)]  # [num_sampled, FIXED_VOCAB]
+    def _forward(self, batch, sampling_rows, scored):
+        self._run_plan(self._prepare(batch, sampling_rows, scored))
+        return self.fixed_logits[:len(sampling_rows)]  # [num_sampled, FIXED_VOCAB] (nothing here scores prompts)
 
     def _run_plan(self, batch) -> None:
         self.model.ops.plan_attention(batch.block_tables, batch.seq_lens, batch.query_start_loc,
