@@ -65,6 +65,8 @@ def compile_grammar(kind: str, text: str, whitespace_flexible: bool) -> tuple[st
         if kind == "json":
             compiled = llguidance.LLMatcher.grammar_from_json_schema(
                 text, defaults={"whitespace_flexible": whitespace_flexible})
+        elif kind == "regex":  # \d and \w as in JavaScript and xgrammar (vLLM): ASCII, not every script's digits
+            compiled = llguidance.grammar_from("regex", llguidance.regex_to_lark(text, "dw"))
         else:
             compiled = llguidance.grammar_from(kind, text)
     except (ValueError, TypeError) as exc:

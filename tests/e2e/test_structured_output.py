@@ -71,6 +71,10 @@ def test_structured_outputs_on_completions(client):
     json_object = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=60, temperature=0,
                                                  response_format={"type": "json_object"})
     assert isinstance(json.loads(json_object.choices[0].message.content), dict)
+    gbnf = 'root ::= answer ", " color\nanswer ::= "yes" | "no"\ncolor ::= "red" | "blue"'
+    grammar = client.completions.create(model=MODEL, prompt="Well?", max_tokens=12, temperature=1.0, n=4,
+                                        extra_body={"structured_outputs": {"grammar": gbnf}})
+    assert {c.text for c in grammar.choices} <= {"yes, red", "yes, blue", "no, red", "no, blue"}
 
 
 @pytest.mark.parametrize(("extra", "param"), [

@@ -48,6 +48,7 @@ def _accepts(compiled: str, text: str) -> bool:
     ({"structured_outputs": {"json": SCHEMA}}, '{"n": 3}', '{"m": 3}'),
     ({"structured_outputs": {"json": json.dumps(SCHEMA), "disable_any_whitespace": True}}, '{"n":3}', '{"n": 3}'),
     ({"structured_outputs": {"regex": r"\d{3}-\d{4}"}}, "555-1234", "555-123"),
+    ({"structured_outputs": {"regex": r"\d\w"}}, "1a", "\u0661a"),  # ASCII, as JavaScript and xgrammar read them
     ({"structured_outputs": {"choice": ["yes", "no"]}}, "no", "maybe"),
     ({"structured_outputs": {"grammar": 'root ::= "a" [0-9]+'}}, "a42", "b42"),  # GBNF
     ({"structured_outputs": {"grammar": 'start: "a" /[0-9]+/'}}, "a42", "a"),  # Lark
