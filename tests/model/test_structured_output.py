@@ -14,7 +14,7 @@ from shared.messages import FinishReason
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
           "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}}}
-PHONE = r"[0-9]{3}-[0-9]{4}"  # (llguidance reads \\d as any script's digit: the frontend makes it ASCII)
+PHONE = r"[0-9]{3}-[0-9]{4}"  # llguidance reads \d as any script's digit (the frontend makes it ASCII)
 
 
 def _json_grammar(schema: dict) -> str:
