@@ -1,5 +1,5 @@
-"""How a model family writes tool calls: which chat templates use the format, where in an output
-its calls begin, and the grammar that makes an output a valid call (tool_choice required or a
+"""How a model family writes tool calls: which chat templates use the format, what opens its
+calls in an output, and the grammar that makes an output a valid call (tool_choice required or a
 named function). The calls are parsed, whole or streamed alike, by shared/text/tool_call_parser.py.
 
 The engine announces the format its model's template uses (or the one --tool-call-parser names).
@@ -19,14 +19,6 @@ class ToolCallFormat:
     anywhere: bool  # calls may follow some content (else the output is all calls or all content)
     arguments_key: str  # the key of a call's arguments object in the format's grammar
     template_markers: tuple[str, ...]  # a chat template containing one of these writes this format
-
-    def call_start(self, text: str) -> int | None:
-        """Where the calls begin in `text`, or None if they do not (yet)."""
-        if self.anywhere:
-            index = text.find(self.marker)
-            return None if index < 0 else index
-        stripped = text.lstrip()
-        return len(text) - len(stripped) if stripped.startswith(self.marker) else None
 
     def grammar(self, tools: list[dict[str, Any]], parallel: bool) -> str:
         """A Lark grammar (llguidance's dialect) whose every match is one or more calls of `tools`

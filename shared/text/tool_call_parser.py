@@ -51,6 +51,7 @@ class ToolCallParser:
         self.text = ""
         self.scanned = 0  # characters of the calls region looked at
         self.calls_start: int | None = None  # where the calls begin (None: not seen yet)
+        self.searched = 0  # the marker was looked for up to here (each piece is searched once)
         self.content_sent = 0
         self.call: _Call | None = None  # the object being scanned
         self.expects_call = True  # Hermes: inside a <tool_call> block, its object not yet begun
@@ -61,16 +62,34 @@ class ToolCallParser:
         """The content and call deltas that `piece` settles."""
         self.text += piece
         if self.calls_start is None:
-            self.calls_start = self.format.call_start(self.text)
+            self.calls_start = self._calls_start()
             if self.calls_start is None:
                 return self._content_until(self._content_end()), []
             self.scanned = self.calls_start + (len(self.format.marker) if self.format.anywhere else 0)
         return self._content_until(self.calls_start), self._scan()
 
+    def _calls_start(self) -> int | None:
+        """Where the calls begin, or None if they do not (yet): the format's marker, anywhere for
+        Hermes, else as the first character that is not blank."""
+        text, marker = self.text, self.format.marker
+        if self.format.anywhere:
+            index = text.find(marker, self.searched)
+            self.searched = max(0, len(text) - len(marker) + 1)
+            return None if index < 0 else index
+        if self.searched < 0:  # decided: content
+            return None
+        stripped = text.lstrip()
+        if not stripped:
+            return None
+        if stripped.startswith(marker):
+            return len(text) - len(stripped)
+        self.searched = -1
+        return None
+
     def finish(self) -> tuple[str, list[CallDelta]]:
         """At the end of the output: what is left. With no call named, all of it is content."""
         end = len(self.text) if self.calls_start is None or self.num_calls == 0 else self.calls_start
-        return self._content_until(end, final=True), []
+        return self._content_until(end), []
 
     # --- content ---------------------------------------------------------------------------------
     def _content_end(self) -> int:
@@ -79,10 +98,10 @@ class ToolCallParser:
             return len(self.text)  # the first non-blank character decided: not a call
         return len(self.text) - _partial(self.text, self.format.marker)
 
-    def _content_until(self, end: int, final: bool = False) -> str:
+    def _content_until(self, end: int) -> str:
         """Content up to `end` not sent yet. Blank content waits (it may turn out to be none at
         all, or the blank before a call), and at the end blank content is none."""
-        if end <= self.content_sent or not self.text[:end].strip():
+        if end <= self.content_sent or (not self.content_sent and not self.text[:end].strip()):
             return ""
         out, self.content_sent = self.text[self.content_sent:end], end
         return out

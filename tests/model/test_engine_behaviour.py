@@ -15,8 +15,8 @@ GREEDY = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
 
 
 def test_prefix_cache_serves_a_shared_1000_token_prefix(smollm2):
-    prefix = smollm2.tokenizer.encode(long_text())
-    assert len(prefix) >= 1000
+    prefix = smollm2.tokenizer.encode(long_text())[:1000]
+    assert len(prefix) == 1000
     smollm2.core.scheduler.block_manager.reset_prefix_cache()  # the shared engine may have seen this text
     first = smollm2.generate(prefix + smollm2.tokenizer.encode(" First question?"), GREEDY)
     second_prompt = prefix + smollm2.tokenizer.encode(" Second question, different?")
@@ -64,18 +64,16 @@ def test_preempted_constrained_requests_keep_to_their_grammar(smollm2, tiny_cach
 
 
 def test_seeded_sampling_is_independent_of_the_batch(smollm2):
-    params = SamplingParams(max_tokens=24, temperature=0.8, top_p=0.9, seed=1234, ignore_eos=True)
+    params = SamplingParams(max_tokens=16, temperature=0.8, top_p=0.9, seed=1234, ignore_eos=True)
     alone = smollm2.generate("The weather today is", params)
-    others = [SamplingParams(max_tokens=30, temperature=1.0, top_k=20, seed=i, ignore_eos=True) for i in range(16)]
-    prompts = [f"Request {i} says" for i in range(16)]
-    batch = [smollm2.generate("The weather today is", params)]  # warm duplicate, same answer
-    mixed = smollm2.generate(prompts[:8] + ["The weather today is"] + prompts[8:], params)
-    assert batch[0].token_ids == alone.token_ids
-    assert mixed[8].token_ids == alone.token_ids
+    prompts = [f"Request {i} says" for i in range(8)]
+    again = smollm2.generate("The weather today is", params)  # a warm duplicate: the same answer
+    mixed = smollm2.generate(prompts[:4] + ["The weather today is"] + prompts[4:], params)
+    assert again.token_ids == alone.token_ids
+    assert mixed[4].token_ids == alone.token_ids
     different = smollm2.generate("The weather today is", SamplingParams(
-        max_tokens=24, temperature=0.8, top_p=0.9, seed=4321, ignore_eos=True))
+        max_tokens=16, temperature=0.8, top_p=0.9, seed=4321, ignore_eos=True))
     assert different.token_ids != alone.token_ids
-    assert len(others) == 16
 
 
 def test_unseeded_sampling_varies(smollm2):
