@@ -1,5 +1,5 @@
 """Grammar text -> a request's llguidance matcher, built on a thread of its own (at the lowest CPU
-priority: see shared/background_executor.py).
+priority: engine/grammar/compile_thread.py).
 
 Building a matcher compiles the grammar against the vocabulary: well under a millisecond for most
 schemas, but up to seconds for huge ones, so it never runs in a step. The engine holds a request
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import llguidance
 
-from shared.background_executor import background_executor
+from engine.grammar.compile_thread import compile_thread
 from shared.grammar_errors import brief
 from shared.text.tokenizer import Tokenizer
 
@@ -34,7 +34,7 @@ class GrammarCompiler:
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size  # the model's (logits width), which may pad the tokenizer's
         self._eos_token_ids = sorted(eos_token_ids)
-        self._thread = background_executor("forge-grammar", STACK_BYTES)
+        self._thread = compile_thread(STACK_BYTES)
         self._vocabulary: llguidance.LLTokenizer | None = None  # built at the first grammar (~0.2-1 s)
         self._compiled: collections.OrderedDict[str, llguidance.LLMatcher] = collections.OrderedDict()
 

@@ -1,6 +1,5 @@
-"""A thread for work that must not take CPU from serving (grammar compiles): it runs at the lowest
-scheduling priority, so on a machine with few cores the engine's steps keep the cores they need
-and the background work takes what is left."""
+"""The engine's grammar-compiling thread: at the lowest scheduling priority, so on a machine with
+few cores the steps keep the cores they need and compiles take what is left."""
 
 from __future__ import annotations
 
@@ -12,9 +11,9 @@ import threading
 LOWEST_PRIORITY = 19  # nice
 
 
-def background_executor(name: str, stack_bytes: int = 0) -> concurrent.futures.ThreadPoolExecutor:
-    """One low-priority thread, started now (with a stack of `stack_bytes`; 0: the default)."""
-    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
+def compile_thread(stack_bytes: int) -> concurrent.futures.ThreadPoolExecutor:
+    """One low-priority thread, started now with a stack of `stack_bytes`."""
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="forge-grammar",
                                                      initializer=_lower_this_thread)
     previous = threading.stack_size(stack_bytes)  # applies to threads started from here on
     try:
