@@ -165,9 +165,9 @@ def check_common(request: _Common) -> None:
     require(1 <= request.n <= MAX_N, "n", f"n must be between 1 and {MAX_N}")
     require(not request.logit_bias, "logit_bias", "logit_bias is not supported")
     require(request.stream or request.stream_options is None, "stream_options",
-             "stream_options is only allowed with stream=true")
+            "stream_options is only allowed with stream=true")
     require(request.request_timeout is None or request.request_timeout > 0, "request_timeout",
-             "request_timeout must be a positive number of seconds")
+            "request_timeout must be a positive number of seconds")
 
 
 def request_timeout(request: _Common, server_limit_s: float | None) -> float | None:
@@ -201,7 +201,7 @@ def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:
         prompts = [prompt]
     else:
         require(all(isinstance(p, str) for p in prompt) or all(isinstance(p, list) for p in prompt), "prompt",
-                 "prompt must be a string, a list of strings, a list of token ids or a list of such lists")
+                "prompt must be a string, a list of strings, a list of token ids or a list of such lists")
         prompts = list(prompt)
     require(bool(prompts) and all(len(p) > 0 for p in prompts), "prompt", "the prompt is empty")
     require(len(prompts) * request.n <= MAX_N * 4, "prompt", "too many prompts in one request")
@@ -211,7 +211,7 @@ def completion_prompts(request: CompletionRequest) -> list[str | list[int]]:
 def chat_messages(request: ChatRequest) -> list[ChatMessage]:
     require(bool(request.messages), "messages", "messages must not be empty")
     require(request.top_logprobs is None or 0 <= request.top_logprobs <= 20, "top_logprobs",
-             "top_logprobs must be in [0, 20]")
+            "top_logprobs must be in [0, 20]")
     messages = []
     for message in request.messages:
         content = message.content
