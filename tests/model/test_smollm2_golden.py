@@ -25,7 +25,7 @@ def test_greedy_tokens_match_transformers(smollm2, hf_greedy_runs):
         assert out.token_ids[:n] == hf_ids[:n], f"diverged from transformers on prompt of {len(prompt)} tokens"
         num_compared += n
         smallest_margin = min([smallest_margin] + margins[:n])
-    # Recorded 2026-11-25 (transformers 5.24, torch 2.13 CPU, 48 tokens a prompt then; 32 since
+    # Recorded 2026-11-25 (transformers 5.24, torch 2.13 CPU, 48 tokens a prompt then; 24 since
     # 2026-12-03, for make test's time): all 336 tokens compared, smallest top-2 logit margin
     # 0.002535, so no step was a tie and every token had to match.
     print(f"compared {num_compared} tokens; smallest top-2 logit margin {smallest_margin:.4g}")
