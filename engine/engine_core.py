@@ -9,11 +9,12 @@ from collections.abc import Sequence
 
 import msgspec
 
-from engine.grammar.compiler import GrammarCompiler, GrammarError
+from engine.grammar.compiler import GrammarCompiler
 from engine.runner.model_runner import ModelRunner
 from engine.scheduling.request import Request
 from engine.scheduling.scheduler import ScheduledBatch, Scheduler
 from engine.step_output import NO_LOGPROBS, StepOutput
+from shared.grammar_errors import brief
 from shared.messages import FinishReason, SamplingParams, TokenLogprob
 
 logger = logging.getLogger("forge.engine")
@@ -103,8 +104,9 @@ class EngineCore:
             del self.compiling[rid]
             try:
                 request.matcher = future.result()
-            except GrammarError as exc:
-                self.scheduler.end_unqueued(request, FinishReason.ERROR, f"the grammar cannot be enforced: {exc}")
+            except Exception as exc:  # noqa: BLE001 (GrammarError, or llguidance refusing the vocabulary: this request's)
+                self.scheduler.end_unqueued(request, FinishReason.ERROR,
+                                            f"the grammar cannot be enforced: {brief(str(exc))}")
             else:
                 self.scheduler.add(request)
 

@@ -69,7 +69,7 @@ def compile_grammar(kind: str, text: str, whitespace_flexible: bool) -> tuple[st
             compiled = llguidance.grammar_from("regex", llguidance.regex_to_lark(text, "dw"))
         else:
             compiled = llguidance.grammar_from(kind, text)
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 (whatever llguidance raises on a grammar is that grammar's 400)
         return "", brief(str(exc))
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(compiled)
     return ("", brief(messages[0])) if is_error else (compiled, "")

@@ -107,3 +107,17 @@ def test_a_grammar_past_llguidances_bounds_ends_its_request_with_a_short_error(s
     choices = json.dumps([f"option number {i}" for i in range(3000)])
     out = smollm2.generate("Pick:", SamplingParams(max_tokens=4, grammar=llguidance.grammar_from("choice", choices)))
     assert out.finish_reason == "error" and "cannot be enforced" in out.error and len(out.error) < 400
+
+
+def test_a_matcher_that_cannot_be_built_fails_its_request_not_the_engine(smollm2, monkeypatch):
+    """Whatever building the matcher raises (here llguidance refusing the vocabulary) ends that
+    request with an error; the engine goes on serving."""
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("the vocabulary is not one llguidance reads")
+
+    grammar = llguidance.grammar_from("regex", "[0-9]+ never compiled before")
+    monkeypatch.setattr(llguidance, "LLMatcher", refuse)
+    out = smollm2.generate("Pick:", SamplingParams(max_tokens=4, grammar=grammar))
+    monkeypatch.undo()
+    assert out.finish_reason == "error" and "vocabulary" in out.error
+    assert smollm2.generate("Pick:", SamplingParams(max_tokens=2, ignore_eos=True)).finish_reason == "length"
