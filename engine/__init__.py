@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.messages import SamplingParams
+from shared.sampling import SamplingParams
 
 __all__ = ["Completion", "InferenceEngine", "SamplingParams"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from shared.messages import TokenLogprob
+from shared.sampling import TokenLogprob
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from engine.scheduling.request import Request
 from engine.scheduling.scheduler import ScheduledBatch, Scheduler
 from engine.step_output import NO_LOGPROBS, StepOutput
 from shared.grammar_errors import brief
-from shared.messages import FinishReason, SamplingParams, TokenLogprob
+from shared.sampling import FinishReason, SamplingParams, TokenLogprob
 
 logger = logging.getLogger("forge.engine")
 

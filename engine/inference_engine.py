@@ -32,7 +32,7 @@ from engine.scheduling.request import Request
 from engine.scheduling.scheduler import Scheduler
 from engine.step_output import StepOutput
 from shared.config import EngineConfig
-from shared.messages import FinishReason, SamplingParams
+from shared.sampling import FinishReason, SamplingParams
 from shared.text.detokenizer import IncrementalDetokenizer
 from shared.text.tokenizer import Tokenizer
 

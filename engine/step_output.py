@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 from engine.scheduling.request import Request
-from shared.messages import TokenDeltas, TokenLogprob
+from shared.messages import TokenDeltas
+from shared.sampling import TokenLogprob
 
 NO_LOGPROBS: list[TokenLogprob] = []  # shared by every entry without logprobs: never appended to
 

@@ -11,7 +11,7 @@ import sys
 
 from shared import ipc
 from shared.config import KERNEL_KINDS, WEIGHT_FORMATS
-from shared.messages import SamplingParams
+from shared.sampling import SamplingParams
 from shared.text.tool_call_format import PARSER_NAMES
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

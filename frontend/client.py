@@ -25,7 +25,6 @@ from shared.messages import (
     MAX_ATTEMPTS,
     AbortRequest,
     EngineStats,
-    FinishReason,
     GenerateRequest,
     TextDeltas,
     TextLogprob,
@@ -34,6 +33,7 @@ from shared.messages import (
     WorkerHeartbeat,
     WorkerReady,
 )
+from shared.sampling import FinishReason
 
 WORKER_SILENCE_S = 3.0
 ORPHAN_WAIT_S = 30.0  # a dead worker's request waits this long for another worker to take it over

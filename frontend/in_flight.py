@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from shared.messages import MAX_ATTEMPTS, EngineRequest, FinishReason, SamplingParams
+from shared.messages import MAX_ATTEMPTS, EngineRequest
+from shared.sampling import FinishReason, SamplingParams
 from shared.text.text_stream import TextStream
 
 

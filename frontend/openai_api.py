@@ -18,7 +18,8 @@ import msgspec
 from frontend.api_error import ApiError, require
 from frontend.structured_output import ResponseFormat, StructuredOutputs
 from frontend.tools import NamedToolChoice, Tool
-from shared.messages import ChatMessage, SamplingParams, ToolCall
+from shared.messages import ChatMessage, ToolCall
+from shared.sampling import SamplingParams
 
 MAX_N = 16
 

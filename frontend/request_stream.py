@@ -7,7 +7,8 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from shared.messages import FinishReason, GenerateRequest, TextLogprob
+from shared.messages import GenerateRequest, TextLogprob
+from shared.sampling import FinishReason
 
 if TYPE_CHECKING:
     from frontend.client import EngineClient, Worker

@@ -15,7 +15,7 @@ from frontend import openai_api as api
 from frontend.metrics import Metrics
 from frontend.request_stream import RequestStream, StreamEvent
 from frontend.tools import new_call_id, tool_calls_json
-from shared.messages import FinishReason
+from shared.sampling import FinishReason
 from shared.text.tool_call_format import ToolCallFormat
 from shared.text.tool_call_parser import CallDelta, ToolCallParser, parse_whole
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from frontend.in_flight import InFlight
-from shared.messages import FinishReason, TextDeltas, TextLogprob, TokenDeltas, TokenLogprob
+from shared.messages import TextDeltas, TextLogprob, TokenDeltas
+from shared.sampling import FinishReason, TokenLogprob
 from shared.text.tokenizer import Tokenizer
 
 

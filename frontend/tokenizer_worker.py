@@ -23,11 +23,9 @@ from shared.messages import (
     AbortRequest,
     EngineReady,
     EngineStats,
-    FinishReason,
     FromEngine,
     GenerateRequest,
     Hello,
-    SamplingParams,
     Shutdown,
     TextDeltas,
     TokenDeltas,
@@ -37,6 +35,7 @@ from shared.messages import (
     WorkerHeartbeat,
     WorkerReady,
 )
+from shared.sampling import FinishReason, SamplingParams
 from shared.text.chat_template import template_message
 from shared.text.text_stream import TextStream
 from shared.text.tokenizer import Tokenizer

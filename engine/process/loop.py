@@ -26,13 +26,13 @@ from shared.messages import (
     EngineReady,
     EngineRequest,
     EngineStats,
-    FinishReason,
     Hello,
     Shutdown,
     ToEnginePull,
     ToEngineRouter,
     TokenDeltas,
 )
+from shared.sampling import FinishReason
 
 STATS_INTERVAL_S = 1.0  # heartbeat: stats go out at least this often
 STATS_MIN_GAP_S = 0.1  # and on change, at most this often

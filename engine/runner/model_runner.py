@@ -13,7 +13,7 @@ from engine.runner.cuda_graphs import DecodeGraphs, Step
 from engine.runner.forward_batch import ForwardBatch
 from engine.runner.sampler import Sampler
 from engine.scheduling.scheduler import ScheduledBatch
-from shared.messages import TokenLogprob
+from shared.sampling import TokenLogprob
 
 
 class ModelRunner:

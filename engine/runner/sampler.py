@@ -8,7 +8,7 @@ import torch
 
 from engine.grammar import token_bitmask
 from engine.scheduling.request import Request
-from shared.messages import TokenLogprob
+from shared.sampling import TokenLogprob
 
 
 class Sampler:

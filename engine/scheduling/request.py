@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 
-from shared.messages import FinishReason, SamplingParams, TokenLogprob
+from shared.sampling import FinishReason, SamplingParams, TokenLogprob
 
 
 class RequestStatus(enum.Enum):

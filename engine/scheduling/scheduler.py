@@ -14,7 +14,7 @@ from collections import deque
 from engine.scheduling.block_manager import BlockManager
 from engine.scheduling.request import Request, RequestStatus
 from shared.grammar_errors import brief
-from shared.messages import FinishReason
+from shared.sampling import FinishReason
 
 
 @dataclasses.dataclass

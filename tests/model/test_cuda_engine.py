@@ -14,7 +14,7 @@ from engine.loaders.random_weights import random_checkpoint
 from engine.model.model_config import ModelConfig
 from kernels import cuda
 from shared.config import EngineConfig
-from shared.messages import SamplingParams
+from shared.sampling import SamplingParams
 from tests.kernels.emulator import EmulatedLauncher
 
 TINY = ModelConfig(architecture="LlamaForCausalLM", vocab_size=512, hidden_size=192, intermediate_size=384,

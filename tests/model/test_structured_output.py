@@ -10,7 +10,7 @@ import re
 import llguidance
 
 from engine import SamplingParams
-from shared.messages import FinishReason
+from shared.sampling import FinishReason
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
           "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}}}

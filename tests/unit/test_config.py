@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from shared.config import EngineConfig
-from shared.messages import FinishReason, SamplingParams, TokenLogprob
+from shared.sampling import FinishReason, SamplingParams, TokenLogprob
 
 
 @pytest.mark.parametrize("field,value", [("device", "tpu"), ("dtype", "int8"), ("kernels", "x"),

@@ -7,7 +7,8 @@ import asyncio
 
 from frontend.client import EngineClient, Worker
 from frontend.request_stream import RequestStream, StreamEvent
-from shared.messages import FinishReason, GenerateRequest, SamplingParams
+from shared.messages import GenerateRequest
+from shared.sampling import FinishReason, SamplingParams
 
 
 def _client() -> EngineClient:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from engine.scheduling.block_manager import BlockManager
 from engine.scheduling.request import Request, RequestStatus
 from engine.scheduling.scheduler import Scheduler
-from shared.messages import FinishReason, SamplingParams
+from shared.sampling import FinishReason, SamplingParams
 
 BLOCK = 4
 EOS = 0

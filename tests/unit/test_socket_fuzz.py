@@ -25,11 +25,9 @@ from shared.messages import (
     EngineReady,
     EngineRequest,
     EngineStats,
-    FinishReason,
     FromEngine,
     GenerateRequest,
     Hello,
-    SamplingParams,
     Shutdown,
     TextDeltas,
     TokenDeltas,
@@ -37,6 +35,7 @@ from shared.messages import (
     WorkerHeartbeat,
     WorkerReady,
 )
+from shared.sampling import FinishReason, SamplingParams
 
 FRAMES_PER_SOCKET = 300
 TINY = ModelConfig(architecture="LlamaForCausalLM", vocab_size=64, hidden_size=32, intermediate_size=64,

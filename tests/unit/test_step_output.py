@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.scheduling.request import Request
 from engine.step_output import NO_LOGPROBS, StepOutput
-from shared.messages import FinishReason, SamplingParams, TokenLogprob
+from shared.sampling import FinishReason, SamplingParams, TokenLogprob
 
 
 def _request(rid: int, finish: FinishReason = FinishReason.NONE) -> Request:
