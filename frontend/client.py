@@ -9,7 +9,6 @@ requests are replayed to another worker, continuing from the tokens they had str
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import time
@@ -20,6 +19,7 @@ import zmq
 import zmq.asyncio
 
 from frontend.request_stream import RequestStream, StreamEvent
+from frontend.worker_view import Worker
 from shared import ipc
 from shared.messages import (
     MAX_ATTEMPTS,
@@ -46,20 +46,6 @@ class Unavailable(Exception):
 
 class QueueFull(Exception):
     """Admission control: answer 429."""
-
-
-@dataclasses.dataclass
-class Worker:
-    worker_id: int
-    identity: bytes
-    model: str
-    max_model_len: int
-    last_seen_s: float
-    num_in_flight: int = 0
-    num_requests_total: int = 0
-    cpu_seconds: float = 0.0
-    sees_engine: bool = False  # its last heartbeat carried live engine stats
-    tool_call_format: str = ""  # how the engine's model writes tool calls ("" none)
 
 
 class EngineClient:
@@ -190,16 +176,11 @@ class EngineClient:
                 continue
             worker_id = ipc.client_id_of(identity)
             if isinstance(message, WorkerReady):
-                restarted = self.workers.get(worker_id)  # ZeroMQ admits one peer an identity: that one is gone
-                self.workers[worker_id] = Worker(worker_id, identity, message.model, message.max_model_len,
-                                                 time.monotonic(), tool_call_format=message.tool_call_format)
-                logger.info("tokenizer worker %d ready", worker_id)
-                if restarted is not None:
-                    self._lose_worker(restarted, "was restarted")
+                self._admit(identity, message)
                 continue
             worker = self.workers.get(worker_id)
-            if worker is None:
-                continue  # not registered (or already declared dead)
+            if worker is None or worker.identity != identity:
+                continue  # not registered (or already declared dead, or replaced)
             worker.last_seen_s = time.monotonic()
             if isinstance(message, WorkerHeartbeat):
                 worker.cpu_seconds = message.cpu_seconds
@@ -211,6 +192,19 @@ class EngineClient:
                 future, _ = self.pending_tokenize.get(message.rid, (None, None))
                 if future is not None and not future.done():
                     future.set_result(message)
+
+    def _admit(self, identity: bytes, ready: WorkerReady) -> None:
+        """A worker process is ready. The engine gives a worker id to a new process only once the
+        old one's connection is gone: a new identity under a known id is a restarted worker."""
+        worker_id = ipc.client_id_of(identity)
+        earlier = self.workers.get(worker_id)
+        if earlier is not None and earlier.identity == identity:
+            return
+        self.workers[worker_id] = Worker(worker_id, identity, ready.model, ready.max_model_len, time.monotonic(),
+                                         tool_call_format=ready.tool_call_format)
+        logger.info("tokenizer worker %d ready", worker_id)
+        if earlier is not None:
+            self._lose_worker(earlier, "was restarted")
 
     def _note_engine(self, stats: EngineStats | None, age_s: float) -> None:
         """Keep the freshest stats any worker relays (by when the engine sent them)."""

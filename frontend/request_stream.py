@@ -11,7 +11,8 @@ from shared.messages import GenerateRequest, TextLogprob
 from shared.sampling import FinishReason
 
 if TYPE_CHECKING:
-    from frontend.client import EngineClient, Worker
+    from frontend.client import EngineClient
+    from frontend.worker_view import Worker
 
 
 @dataclasses.dataclass

@@ -16,6 +16,7 @@ import msgspec
 import zmq
 
 from frontend.in_flight import InFlight, split_engine_rid
+from frontend.prompt_encoder import PromptEncoder
 from frontend.text_deltas import add_entry, row_logprobs
 from shared import ipc
 from shared.config import engine_addresses
@@ -26,17 +27,16 @@ from shared.messages import (
     FromEngine,
     GenerateRequest,
     Hello,
+    Refused,
     Shutdown,
     TextDeltas,
     TokenDeltas,
     TokenizeRequest,
-    TokenizeResult,
     ToWorker,
     WorkerHeartbeat,
     WorkerReady,
 )
-from shared.sampling import FinishReason, SamplingParams
-from shared.text.chat_template import template_message
+from shared.sampling import FinishReason
 from shared.text.text_stream import TextStream
 from shared.text.tokenizer import Tokenizer
 
@@ -47,12 +47,17 @@ ENGINE_WAIT_S = 120.0  # lost for this long: the requests waiting for it end wit
 logger = logging.getLogger("forge.worker")
 
 
+class WorkerRefused(ValueError):
+    """The engine will not serve this worker (its id is taken by a live one): one line, exit 2."""
+
+
 class TokenizerWorker:
     def __init__(self, worker_id: int, frontend_address: str, engine_address: str,
                  curve_dir: str | None = None) -> None:
         self.worker_id = worker_id
         self.curve_dir = curve_dir  # None: plain sockets
         self.tokenizer: Tokenizer | None = None  # arrives with EngineReady
+        self.prompts: PromptEncoder | None = None  # and so does this
         router_address, pull_address = engine_addresses(engine_address)
         self.addresses = (frontend_address, pull_address, router_address)
         self.active: dict[int, InFlight] = {}
@@ -66,7 +71,7 @@ class TokenizerWorker:
 
     def run(self) -> None:
         context = zmq.Context()
-        identity = ipc.identity_of(self.worker_id)
+        identity = ipc.new_identity(self.worker_id)
         frontend_address, pull_address, router_address = self.addresses
         curve = self.curve_dir
         self.frontend = ipc.Inbox(ipc.make_socket(context, zmq.DEALER, frontend_address, False, identity, curve),
@@ -84,18 +89,20 @@ class TokenizerWorker:
         """Hello to the engine until it answers, then WorkerReady to the frontend."""
         started = warn_at = time.monotonic()
         while self.engine_ready is None:
-            if time.monotonic() - warn_at >= REGISTER_WARN_S:  # ZeroMQ refuses silently: guess aloud
+            if time.monotonic() - warn_at >= REGISTER_WARN_S:  # a CURVE handshake fails silently here
                 warn_at = time.monotonic()
-                logger.warning("no answer from the engine at %s after %.0f s: is it running, is worker id %d "
-                               "taken by another worker, do the CURVE keys match?", self.addresses[2],
-                               warn_at - started, self.worker_id)
+                logger.warning("no answer from the engine at %s after %.0f s: is it running, do the CURVE keys "
+                               "match?", self.addresses[2], warn_at - started)
             ipc.send(self.engine.socket, Hello(self.worker_id, "worker"))
             if self.engine.socket.poll(1000):
                 _, message = self.engine.recv()
+                if isinstance(message, Refused):
+                    raise WorkerRefused(f"the engine refused this worker: {message.reason}")
                 if isinstance(message, EngineReady):
                     self.engine_ready = message
                     self.tokenizer = Tokenizer.from_json(message.tokenizer_json, message.chat_template,
                                                          message.bos_token, message.eos_token)
+                    self.prompts = PromptEncoder(self.tokenizer, message.max_model_len)
         self.last_engine_s = time.monotonic()
         gc.collect()
         gc.freeze()  # the tokenizer lives as long as we do: full collections need not scan it
@@ -172,33 +179,14 @@ class TokenizerWorker:
             if state is not None:
                 ipc.send(self.to_engine, AbortRequest(state.engine_rid))
         elif isinstance(message, TokenizeRequest):
-            ipc.send(self.frontend.socket, self._tokenize_only(message))
+            ipc.send(self.frontend.socket, self.prompts.tokenize_only(message))
         elif isinstance(message, Shutdown):
             self.stopping = True
 
-    def _tokenize_only(self, request: TokenizeRequest) -> TokenizeResult:
-        try:
-            if request.token_ids is not None:
-                ids = self._checked_ids(request.token_ids)
-                return TokenizeResult(request.rid, ids, self.tokenizer.decode(ids), "")
-            if request.messages is not None:
-                ids, text = self._tokenize(GenerateRequest(request.rid, SamplingParams(), messages=request.messages))
-            else:
-                text = request.prompt or ""
-                ids = self.tokenizer.encode(text, add_special_tokens=request.add_special_tokens)
-            return TokenizeResult(request.rid, ids, text, "")
-        except ValueError as exc:
-            return TokenizeResult(request.rid, [], "", str(exc))
-
     def _start(self, request: GenerateRequest) -> None:
-        params = request.params
         try:
-            prompt_ids, prompt_text = self._tokenize(request)
-            if request.max_tokens_is_default:  # as vLLM: the rest of the context
-                room = self.engine_ready.max_model_len - len(prompt_ids)
-                params = msgspec.structs.replace(params, max_tokens=max(1, min(params.max_tokens, room)),
-                                                 min_tokens=min(params.min_tokens, max(1, room)))
-            self._check_limits(prompt_ids, params.max_tokens)
+            prompt_ids, prompt_text = self.prompts.encode(request)
+            params = self.prompts.fitted_params(request, prompt_ids)
         except ValueError as exc:
             out = TextDeltas()
             add_entry(out, request.rid, "", FinishReason.ERROR, error=str(exc), error_code=400)
@@ -223,33 +211,10 @@ class TokenizerWorker:
         if self.engine_lost_s is None:  # else it goes with the replays once an engine is back
             ipc.send(self.to_engine, state.engine_request(self.worker_id, self.engine_ready.instance))
 
-    def _tokenize(self, request: GenerateRequest) -> tuple[list[int], str]:
-        if request.messages is not None:
-            text = self.tokenizer.apply_chat_template([template_message(m) for m in request.messages],
-                                                      add_generation_prompt=True, tools=request.tools or None)
-            return self.tokenizer.encode(text, add_special_tokens=False), text
-        if request.prompt is not None:
-            return self.tokenizer.encode(request.prompt), request.prompt
-        ids = self._checked_ids(list(request.prompt_ids or []))
-        return ids, self.tokenizer.decode(ids, skip_special_tokens=False)
-
-    def _checked_ids(self, ids: list[int]) -> list[int]:
-        vocab_size = self.tokenizer.vocab_size
-        if any(not 0 <= t < vocab_size for t in ids):
-            raise ValueError(f"token ids must lie in the vocabulary [0, {vocab_size})")
-        return ids
-
-    def _check_limits(self, prompt_ids: list[int], max_tokens: int) -> None:
-        limit = self.engine_ready.max_model_len
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        if len(prompt_ids) + max_tokens > limit:
-            raise ValueError(f"this model's maximum context length is {limit} tokens; the request asks for "
-                             f"{len(prompt_ids) + max_tokens} ({len(prompt_ids)} in the prompt, {max_tokens} "
-                             "to generate)")
-
     # --- engine -> worker -------------------------------------------------------------------------
     def _from_engine(self, message: object) -> None:
+        if isinstance(message, Refused):  # a new engine gave our id to a live twin: it serves, we go
+            raise WorkerRefused(f"the engine refused this worker: {message.reason}")
         self.last_engine_s = time.monotonic()
         if isinstance(message, EngineReady):
             self._engine_back(message)

@@ -8,11 +8,14 @@ dropping (ROUTER_MANDATORY). Each inbox decodes one tagged union with one pre-bu
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Any
 
 import msgspec
 import zmq
 import zmq.asyncio
+
+from shared.handshake_log import log_failed_handshakes
 
 MAX_MESSAGE_BYTES = 64 * 2**20
 HIGH_WATER_MARK = 100_000
@@ -49,17 +52,27 @@ def make_socket(context: zmq.Context, kind: int, address: str, bind: bool, ident
         except zmq.ZMQError as exc:
             socket.close()
             raise BindError(f"cannot bind {address}: {os.strerror(exc.errno)}") from exc
+        if curve_dir is not None:
+            log_failed_handshakes(socket)
     else:
         socket.connect(address)
     return socket
 
 
-def identity_of(client_id: int) -> bytes:
-    return client_id.to_bytes(4, "little")
+def identity_of(client_id: int, instance: int = 0) -> bytes:
+    """A peer's ZeroMQ identity: its client id, then the instance of that client's process. Two
+    processes that claim one id are then both admitted by ZeroMQ (which would silently drop the
+    second) and the binder can refuse one aloud (messages.Refused)."""
+    return client_id.to_bytes(4, "little") + instance.to_bytes(4, "little")
+
+
+def new_identity(client_id: int) -> bytes:
+    """The identity of this process as client `client_id`: a fresh instance each start."""
+    return identity_of(client_id, secrets.randbits(32))
 
 
 def client_id_of(identity: bytes) -> int:
-    return int.from_bytes(identity, "little")
+    return int.from_bytes(identity[:4], "little")
 
 
 class Inbox:

@@ -100,6 +100,13 @@ class Hello(msgspec.Struct, **_WIRE):
     role: str  # "worker" or "frontend"
 
 
+class Refused(msgspec.Struct, **_WIRE):
+    """Binder -> a peer it will not serve, in answer to its registration: `reason` says why (a
+    worker id already taken by a live worker). The peer says so and exits."""
+
+    reason: str
+
+
 class EngineReady(msgspec.Struct, **_WIRE):
     """Engine -> client, in answer to Hello: the real capacity."""
 
@@ -219,5 +226,5 @@ class TokenizeResult(msgspec.Struct, **_WIRE):
 ToWorker = GenerateRequest | AbortRequest | TokenizeRequest | Shutdown  # from the frontend
 ToEnginePull = EngineRequest | AbortRequest | Shutdown  # from workers (ordered per worker)
 ToEngineRouter = Hello  # registration
-FromEngine = EngineReady | EngineStats | TokenDeltas  # to workers and the frontend
+FromEngine = EngineReady | EngineStats | TokenDeltas | Refused  # to workers
 ToFrontend = WorkerReady | WorkerHeartbeat | TextDeltas | TokenizeResult  # from workers

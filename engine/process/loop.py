@@ -27,6 +27,7 @@ from shared.messages import (
     EngineRequest,
     EngineStats,
     Hello,
+    Refused,
     Shutdown,
     ToEnginePull,
     ToEngineRouter,
@@ -47,6 +48,7 @@ class EngineLoop:
         self.pull_address, self.router_address = pull_address, router_address
         self.curve_dir = curve_dir  # None: plain sockets (local ipc://, or a trusted network)
         self.clients: dict[bytes, str] = {}  # identity -> role
+        self.worker_identity: dict[int, bytes] = {}  # worker id -> the identity of the process holding it
         self.worker_of: dict[int, int] = {}  # rid -> worker id
         self.num_prompt_tokens = 0
         self.num_generation_tokens = 0
@@ -115,9 +117,24 @@ class EngineLoop:
                 handle(identity, message)
 
     def _register(self, identity: bytes, hello: Hello) -> None:
+        if hello.role == "worker" and not self._claim_worker_id(identity):
+            return
         self.clients[identity] = hello.role
         if self._send(identity, self.ready):
             self._send(identity, self._stats())  # the newcomer can report the engine alive at once
+
+    def _claim_worker_id(self, identity: bytes) -> bool:
+        """Give the worker id in `identity` to that process, unless a live process holds it (the
+        holder is asked: a dead one's connection is gone, so a restarted worker takes its id over)."""
+        worker_id = ipc.client_id_of(identity)
+        holder = self.worker_identity.get(worker_id)
+        if holder not in (None, identity) and self._send(holder, self._stats()):
+            logger.warning("refused a worker: worker id %d is in use by a live worker", worker_id)
+            self._send(identity, Refused(f"worker id {worker_id} is in use by another live worker; start this "
+                                         "one with a different --worker-id"))
+            return False
+        self.worker_identity[worker_id] = identity
+        return True
 
     def _handle(self, _: None, message: object) -> None:
         self.dispatch[type(message)](message)
@@ -155,7 +172,8 @@ class EngineLoop:
                 self.worker_of.pop(request.rid, None)
 
     def _send_to_worker(self, worker: int, message: TokenDeltas) -> None:
-        if not self._send(ipc.identity_of(worker), message):
+        identity = self.worker_identity.get(worker)
+        if identity is None or not self._send(identity, message):
             # The worker is gone: nobody can receive these outputs, so free their KV blocks now.
             for rid in [rid for rid, w in self.worker_of.items() if w == worker]:
                 self.core.abort(rid)

@@ -105,13 +105,13 @@ class HttpProbe:
 class Stack(HttpProbe):
     """`forge serve` on free ports, with tcp:// addresses so more workers can be attached."""
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, stderr=None) -> None:
         self.port = free_port()
         self.worker_address = f"tcp://127.0.0.1:{free_port()}"
         self.engine_address = f"tcp://127.0.0.1:{free_port(2)}"
         self.process = forge("serve", "--port", str(self.port), "--worker-address", self.worker_address,
                              "--engine-address", self.engine_address, *extra,
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=stderr, text=True)
         super().__init__(f"http://127.0.0.1:{self.port}")
         self._wait_ready()
 

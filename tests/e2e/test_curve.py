@@ -20,8 +20,10 @@ def keys(tmp_path_factory) -> str:
     return directory
 
 
-def test_an_encrypted_stack_serves_and_refuses_workers_without_keys(keys):
-    stack = Stack("--curve-dir", keys)
+def test_an_encrypted_stack_serves_and_refuses_workers_without_keys_or_with_a_taken_id(keys, tmp_path):
+    log_path = tmp_path / "stack.log"
+    with open(log_path, "w") as log:
+        stack = Stack("--curve-dir", keys, stderr=log)
     intruder = forge("worker", "--frontend", stack.worker_address, "--engine", stack.engine_address,
                      "--worker-id", "66")
     friend = forge("worker", "--frontend", stack.worker_address, "--engine", stack.engine_address,
@@ -36,6 +38,14 @@ def test_an_encrypted_stack_serves_and_refuses_workers_without_keys(keys):
         assert stack.metric("forge:tokenizer_workers") == 2
         with pytest.raises(KeyError):
             stack.metric('forge:worker_requests_total{worker="66"}')
+        twin = subprocess.run([sys.executable, "-m", "frontend.cli", "worker", "--frontend", stack.worker_address,
+                               "--engine", stack.engine_address, "--worker-id", "67", "--curve-dir", keys],
+                              check=False, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert twin.returncode == 2 and "worker id 67 is in use by another live worker" in twin.stderr
+        assert stack.metric("forge:tokenizer_workers") == 2  # the first 67 serves on
+        said = log_path.read_text()
+        assert "refused a worker: worker id 67 is in use by a live worker" in said
+        assert "the CURVE handshake failed; it does not speak CURVE" in said  # the keyless 66
     finally:
         for worker in (intruder, friend):
             worker.kill()

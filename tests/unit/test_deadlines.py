@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from frontend.client import EngineClient, Worker
+from frontend.client import EngineClient
 from frontend.request_stream import RequestStream, StreamEvent
+from frontend.worker_view import Worker
 from shared.messages import GenerateRequest
 from shared.sampling import FinishReason, SamplingParams
 

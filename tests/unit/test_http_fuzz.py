@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from frontend import openapi
-from frontend.client import EngineClient, Unavailable, Worker
+from frontend.client import EngineClient, Unavailable
 from frontend.server import CLIENT, make_app
+from frontend.worker_view import Worker
 from shared.config import FrontendConfig
 
 EXAMPLES = 120

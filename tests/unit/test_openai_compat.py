@@ -9,8 +9,9 @@ import asyncio
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from frontend.client import EngineClient, Unavailable, Worker
+from frontend.client import EngineClient, Unavailable
 from frontend.server import CLIENT, make_app
+from frontend.worker_view import Worker
 from shared.config import FrontendConfig
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
