@@ -12,7 +12,8 @@ import msgspec
 from engine.grammar.compiler import GrammarCompiler
 from engine.runner.model_runner import ModelRunner
 from engine.scheduling.request import Request
-from engine.scheduling.scheduler import ScheduledBatch, Scheduler
+from engine.scheduling.scheduled_batch import ScheduledBatch
+from engine.scheduling.scheduler import Scheduler
 from engine.step_output import NO_LOGPROBS, StepOutput
 from shared.grammar_errors import brief
 from shared.sampling import FinishReason, SamplingParams, TokenLogprob
@@ -110,7 +111,7 @@ class EngineCore:
             else:
                 self.scheduler.add(request)
 
-    def _execute(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprob | None] | None]:
+    def _execute(self, batch: ScheduledBatch) -> tuple[list[list[int]], list[TokenLogprob | None] | None]:
         """runner.execute; when it raises, the batch is run again in halves, recursively, down to
         the requests that fail alone: those end with an error naming the cause, the others are
         sampled as in one step (a retry that succeeds whole costs one more forward pass)."""
@@ -120,7 +121,7 @@ class EngineCore:
             logger.warning("a step of %d requests failed (%s: %s); finding the failing ones", len(batch.requests),
                            type(exc).__name__, exc)
         num_seqs = len(batch.requests)
-        sampled: list[int | None] = [None] * num_seqs
+        sampled: list[list[int]] = [[] for _ in range(num_seqs)]
         logprobs: list[TokenLogprob | None] = [None] * num_seqs
 
         def run(rows: list[int]) -> None:
@@ -143,11 +144,11 @@ class EngineCore:
         return sampled, (logprobs if any(lp is not None for lp in logprobs) else None)
 
 
-def _gains(requests: list[Request], sampled: list[int | None],
+def _gains(requests: list[Request], sampled: list[list[int]],
            logprobs: list[TokenLogprob | None] | None) -> StepOutput:
-    """The scheduled requests that sampled a token, with it (and its logprobs, also kept on the request)."""
-    if None in sampled:  # prompt chunks short of their end gained nothing
-        rows = [i for i, token_id in enumerate(sampled) if token_id is not None]
+    """The scheduled requests that gained tokens, with them (and their logprobs, also kept on the request)."""
+    if not all(sampled):  # prompt chunks short of their end gained nothing
+        rows = [i for i, new_ids in enumerate(sampled) if new_ids]
         requests, sampled = [requests[i] for i in rows], [sampled[i] for i in rows]
         logprobs = None if logprobs is None else [logprobs[i] for i in rows]
     if logprobs is None:
@@ -157,4 +158,4 @@ def _gains(requests: list[Request], sampled: list[int | None],
         for request, logprob in zip(requests, logprobs):
             if logprob is not None:
                 request.logprobs.append(logprob)
-    return StepOutput(list(requests), [[token_id] for token_id in sampled], new_logprobs)
+    return StepOutput(list(requests), list(sampled), new_logprobs)

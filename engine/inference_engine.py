@@ -30,6 +30,7 @@ from engine.runner.sampler import Sampler
 from engine.scheduling.block_manager import BlockManager
 from engine.scheduling.request import Request
 from engine.scheduling.scheduler import Scheduler
+from engine.speculative.drafter import Drafter
 from engine.step_output import StepOutput
 from shared.config import EngineConfig
 from shared.sampling import FinishReason, SamplingParams
@@ -112,7 +113,9 @@ class InferenceEngine:
         if config.cuda_graphs and ops.GRAPH_SAFE:
             runner.capture_graphs(config.max_num_seqs, min(config.cuda_graph_max_seq_len, max_model_len))
         block_manager = BlockManager(num_blocks, block_size, config.enable_prefix_caching)
-        scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len)
+        drafter = Drafter(config.speculative, max_model_len) if config.speculative else None
+        scheduler = Scheduler(block_manager, config.max_num_seqs, config.max_num_batched_tokens, max_model_len,
+                              drafter)
         eos = set(model_config.eos_token_ids)
         if checkpoint.tokenizer is not None and checkpoint.tokenizer.eos_token_id is not None:
             eos.add(checkpoint.tokenizer.eos_token_id)
@@ -120,6 +123,9 @@ class InferenceEngine:
         description = f"{checkpoint.description} as {dtype_name} on {device}{weights}, {kernels_used} kernels"
         if device.type == "cuda":
             description += f", {'decode graphs' if runner.graphs else 'eager'}"
+        if drafter:
+            description += (f", speculative {config.speculative.method} "
+                            f"({config.speculative.num_speculative_tokens} tokens)")
         logger.info("loaded %s; KV cache %d blocks of %d tokens", description, num_blocks, block_size)
         tokenizer = checkpoint.tokenizer
         grammars = None if tokenizer is None else GrammarCompiler(tokenizer, model_config.vocab_size, frozenset(eos))

@@ -10,7 +10,7 @@ import secrets
 import sys
 
 from shared import ipc
-from shared.config import KERNEL_KINDS, WEIGHT_FORMATS
+from shared.config import KERNEL_KINDS, WEIGHT_FORMATS, SpeculativeConfig
 from shared.sampling import SamplingParams
 from shared.text.tool_call_format import PARSER_NAMES
 
@@ -32,6 +32,9 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernels", default="auto", choices=KERNEL_KINDS,
                    help="device ops: cuda kernels, the torch reference, or auto (cuda on a GPU when CuPy imports)")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode steps")
+    p.add_argument("--speculative-config", default=None, type=_speculative_config, metavar="JSON",
+                   help='speculative decoding, as vLLM\'s: {"method": "ngram", "num_speculative_tokens": 4, '
+                        '"prompt_lookup_min": 2, "prompt_lookup_max": 5, "disable_by_batch_size": 4}')
     p.add_argument("--quantized-weights", default="auto", choices=WEIGHT_FORMATS,
                    help="4-bit GGUF layers (Q4_0/Q4_1/Q4_K) on a bfloat16 CPU model: int4 keeps them 4-bit, "
                         "mixed adds a float copy for steps of more than 16 tokens, float dequantizes them; "
@@ -48,6 +51,8 @@ def _engine_options(args: argparse.Namespace) -> list[str]:
                         ("--tool-call-parser", args.tool_call_parser)):
         if value is not None:
             out += [flag, str(value)]
+    if args.speculative_config is not None:
+        out += ["--speculative-config", args.speculative_config.to_json()]
     return (out + (["--no-prefix-caching"] if args.no_prefix_caching else [])
             + (["--enforce-eager"] if args.enforce_eager else []))
 
@@ -90,7 +95,8 @@ def _run_engine(args: argparse.Namespace) -> int:
                    max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                    num_kv_blocks=args.num_kv_blocks, kv_cache_gib=args.kv_cache_gib,
                    enable_prefix_caching=not args.no_prefix_caching, kernels=args.kernels,
-                   cuda_graphs=not args.enforce_eager, quantized_weights=args.quantized_weights)
+                   cuda_graphs=not args.enforce_eager, quantized_weights=args.quantized_weights,
+                   speculative=args.speculative_config)
     serving.serve(args.model, options, args.served_model_name, args.engine, args.curve_dir, args.tool_call_parser)
     return 0
 
@@ -133,6 +139,14 @@ def _run_keys(args: argparse.Namespace) -> int:
     create_keys(args.directory)
     print(f"forge: CURVE keys written to {args.directory}; pass --curve-dir {args.directory} to every process")
     return 0
+
+
+def _speculative_config(text: str) -> SpeculativeConfig:
+    """argparse type: a ValueError here becomes a usage error naming the problem."""
+    try:
+        return SpeculativeConfig.from_json(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:

@@ -62,9 +62,10 @@ class InFlight:
         if self.score_only:  # its one token is dropped: the answer is the echoed prompt (and its logprobs)
             text, self.echo = self.echo, ""
             return text, FinishReason.LENGTH, not finish
-        text = self.echo + self._unsent(self.text.push(new_ids))
+        pushed, num_taken = self.text.push_until_stop(new_ids)
+        text = self.echo + self._unsent(pushed)
         self.echo = ""
-        self.output_ids += new_ids
+        self.output_ids += new_ids[:num_taken]
         if self.text.stopped and not finish:
             return text, FinishReason.STOP, True
         if finish:

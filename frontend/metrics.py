@@ -48,12 +48,22 @@ class Metrics:
         counters = {"prompt_tokens": "Prompt tokens admitted", "generation_tokens": "Tokens generated",
                     "prefix_cache_queries": "Prompt tokens looked up in the prefix cache",
                     "prefix_cache_hits": "Prompt tokens served from the prefix cache",
-                    "num_preemptions": "Requests preempted for lack of KV blocks"}
+                    "num_preemptions": "Requests preempted for lack of KV blocks",
+                    "spec_decode_num_drafts": "Speculative drafts verified",
+                    "spec_decode_num_draft_tokens": "Draft tokens verified",
+                    "spec_decode_num_accepted_tokens": "Draft tokens accepted"}
         fields = {"prompt_tokens": "num_prompt_tokens", "generation_tokens": "num_generation_tokens",
                   "prefix_cache_queries": "num_prefix_cache_queries", "prefix_cache_hits": "num_prefix_cache_hits",
-                  "num_preemptions": "num_preemptions"}
+                  "num_preemptions": "num_preemptions", "spec_decode_num_drafts": "spec_num_drafts",
+                  "spec_decode_num_draft_tokens": "spec_num_draft_tokens",
+                  "spec_decode_num_accepted_tokens": "spec_num_accepted_tokens"}
         for name, help_text in counters.items():
             yield CounterMetricFamily(f"forge:{name}", help_text, value=getattr(stats, fields[name]) if stats else 0)
+        per_position = CounterMetricFamily("forge:spec_decode_num_accepted_tokens_per_pos",
+                                           "Drafts whose token at this position was accepted", labels=["position"])
+        for position, count in enumerate(stats.spec_accepted_per_position if stats else ()):
+            per_position.add_metric([str(position)], count)
+        yield per_position
         per_worker = CounterMetricFamily("forge:worker_requests", "Requests routed to each worker", labels=["worker"])
         for worker in self.client.workers.values():
             per_worker.add_metric([str(worker.worker_id)], worker.num_requests_total)

@@ -26,6 +26,9 @@ MAX_HEAD_DIM = 256  # decode_attention.c's limits: head_dim a multiple of 16 up 
 HEAD_DIM_MULTIPLE = 16
 MAX_BLOCK_SIZE = 64
 MAX_HIDDEN = 16384  # rms_norm.c keeps a row of float32 on the stack
+# Sequences with at most this many query tokens attend through the decode kernel, a row a token (it
+# reads each row's context in place: cheaper than gathering the context once while rows are few).
+SHORT_QUERY = 16
 
 apply_penalties = ref.apply_penalties
 sample = ref.sample
@@ -36,9 +39,9 @@ class CpuAttentionPlan:
     """The reference's plan for the prefill chunks, and the decode rows in the kernel's terms."""
 
     prefill: ref.AttentionPlan  # its decode fields are None: the kernel takes those rows
-    decode_rows: torch.Tensor | None  # [R] int64 flat token rows of single-token sequences
+    decode_rows: torch.Tensor | None  # [R] int64 flat token rows of short-query sequences (SHORT_QUERY)
     decode_tables: torch.Tensor | None  # [R, max_blocks] int32, contiguous
-    decode_lens: torch.Tensor | None  # [R] int32 context length of each (its own token included)
+    decode_lens: torch.Tensor | None  # [R] int32 context of each row, through its own token
     sliding_window: int | None
 
     @property
@@ -53,22 +56,29 @@ def covers(dtype: torch.dtype, head_dim: int, block_size: int) -> bool:
 
 def plan_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
                    sliding_window: int | None = None, max_seq_len: int | None = None) -> CpuAttentionPlan:
+    """Sequences of up to SHORT_QUERY tokens (decodes, verified drafts, short last chunks) go to
+    the decode kernel, one row a token, each row's context ending at its own token: it reads the
+    paged KV in place where the reference gathers a copy of the whole context every layer."""
+    contract.check_attention_plan(block_tables, seq_lens, query_start_loc, sliding_window, max_seq_len)
     num_seqs = seq_lens.shape[0]
-    rows = torch.arange(num_seqs)  # [S]
-    if int(query_start_loc[-1]) == num_seqs and torch.equal(query_start_loc[:-1].long(), rows):
-        # pure decode: every row is the kernel's, so no reference plan (its per-row lists and masks)
-        contract.check_attention_plan(block_tables, seq_lens, query_start_loc, sliding_window, max_seq_len)
+    num_tokens = int(query_start_loc[-1])
+    if num_tokens == num_seqs:  # pure decode: every row is the kernel's, no reference plan at all
         return CpuAttentionPlan(ref.AttentionPlan(num_seqs, None, None, None, 0, [], sliding_window),
-                                rows, block_tables.to(torch.int32).contiguous(),
+                                torch.arange(num_seqs), block_tables.to(torch.int32).contiguous(),
                                 seq_lens.to(torch.int32).contiguous(), sliding_window)
-    plan = ref.plan_attention(block_tables, seq_lens, query_start_loc, sliding_window, max_seq_len)
-    prefill = dataclasses.replace(plan, decode_token_idx=None, decode_tables=None, decode_hidden=None)
-    if plan.decode_token_idx is None:
+    q_lens = query_start_loc[1:].long() - query_start_loc[:-1].long()  # [S]
+    starts, lens = query_start_loc.tolist(), seq_lens.tolist()
+    prefills = [(block_tables[i], starts[i], n, lens[i]) for i, n in enumerate(q_lens.tolist()) if n > SHORT_QUERY]
+    prefill = ref.AttentionPlan(num_tokens, None, None, None, 0, prefills, sliding_window)
+    seq_of_token = torch.repeat_interleave(torch.arange(num_seqs), q_lens)  # [T]
+    rows = torch.nonzero(q_lens[seq_of_token] <= SHORT_QUERY).squeeze(1)  # [R] flat token rows
+    if rows.numel() == 0:
         return CpuAttentionPlan(prefill, None, None, None, sliding_window)
-    rows = plan.decode_token_idx.long()  # [R]
-    lens = seq_lens[(query_start_loc[1:] - query_start_loc[:-1]) == 1].to(torch.int32)  # [R], batch order
-    return CpuAttentionPlan(prefill, rows.contiguous(), plan.decode_tables.to(torch.int32).contiguous(),
-                            lens.contiguous(), sliding_window)
+    seqs = seq_of_token[rows]  # [R]
+    # [R]: a row's context runs through its own token: its sequence's length less the tokens after it
+    ctx_lens = seq_lens[seqs].long() - (query_start_loc[1:][seqs].long() - 1 - rows)
+    return CpuAttentionPlan(prefill, rows.contiguous(), block_tables[seqs].to(torch.int32).contiguous(),
+                            ctx_lens.to(torch.int32).contiguous(), sliding_window)
 
 
 def paged_attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, plan: CpuAttentionPlan,

@@ -7,6 +7,7 @@ the components that compute them, never written back here.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 _DEVICES = ("cpu", "cuda", "auto")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -33,6 +34,7 @@ class EngineConfig:
     num_threads: int | None = None  # CPU: torch intra-op threads; None: torch's default
     cuda_graphs: bool = True  # CUDA kernels: replay decode steps from graphs captured at start-up
     cuda_graph_max_seq_len: int = 8192  # longer contexts decode eagerly
+    speculative: SpeculativeConfig | None = None  # None: one token a step per request
 
     def __post_init__(self) -> None:
         _choice("device", self.device.split(":")[0], _DEVICES)
@@ -55,6 +57,50 @@ class EngineConfig:
     def replace(self, **changes: object) -> EngineConfig:
         """A new config with some fields changed (unknown names raise TypeError)."""
         return dataclasses.replace(self, **changes)
+
+
+SPECULATIVE_METHODS = ("ngram",)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeculativeConfig:
+    """Speculative decoding, with the names of vLLM's `--speculative-config` JSON: `method` proposes
+    up to `num_speculative_tokens` draft tokens a step, which the model verifies in that step."""
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    prompt_lookup_min: int = 2  # ngram: the shortest suffix of the sequence looked up
+    prompt_lookup_max: int = 5  # ngram: the longest
+    # No drafts in a step with more running requests than this: a batch that large is bound by
+    # compute, not by reading the weights, so verifying drafts would cost what it saves.
+    disable_by_batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        _choice("speculative method", self.method, SPECULATIVE_METHODS)
+        for name in ("num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max", "disable_by_batch_size"):
+            _positive(name, getattr(self, name))
+        if self.prompt_lookup_min > self.prompt_lookup_max:
+            raise ValueError(f"prompt_lookup_min ({self.prompt_lookup_min}) is more than prompt_lookup_max "
+                             f"({self.prompt_lookup_max})")
+
+    @classmethod
+    def from_json(cls, text: str) -> SpeculativeConfig:
+        """Parse `--speculative-config`; an unknown key or a method not built here is a ValueError."""
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--speculative-config is not valid JSON: {exc}") from None
+        if not isinstance(fields, dict):
+            raise ValueError("--speculative-config must be a JSON object")  # noqa: TRY004 (a usage error)
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"--speculative-config: unknown key(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(sorted(known))}")
+        return cls(**fields)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

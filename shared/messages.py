@@ -136,6 +136,12 @@ class EngineStats(msgspec.Struct, **_WIRE):
     num_preemptions: int
     cpu_seconds: float
     step_running_s: float = 0.0  # how long the step in progress has run (0 between steps): a stall shows here
+    # Speculative decoding, with vLLM's meaning: verified drafts, their tokens, the accepted ones,
+    # and per draft position k how many drafts had their token k accepted.
+    spec_num_drafts: int = 0
+    spec_num_draft_tokens: int = 0
+    spec_num_accepted_tokens: int = 0
+    spec_accepted_per_position: list[int] = _column()
 
 
 class TokenDeltas(msgspec.Struct, **_WIRE):

@@ -195,13 +195,18 @@ class EngineLoop:
         scheduler = self.core.scheduler
         usage = resource.getrusage(resource.RUSAGE_SELF)
         started = self.step_started_s
+        drafter = scheduler.drafter
+        speculation = {} if drafter is None else dict(
+            spec_num_drafts=drafter.num_drafts, spec_num_draft_tokens=drafter.num_draft_tokens,
+            spec_num_accepted_tokens=drafter.num_accepted_tokens,
+            spec_accepted_per_position=list(drafter.accepted_per_position))
         return EngineStats(
             num_running=len(scheduler.running), num_waiting=len(scheduler.waiting),
             kv_usage=scheduler.block_manager.usage, num_prompt_tokens=self.num_prompt_tokens,
             num_generation_tokens=self.num_generation_tokens,
             num_prefix_cache_queries=scheduler.num_cache_queries, num_prefix_cache_hits=scheduler.num_cache_hits,
             num_preemptions=scheduler.num_preemptions, cpu_seconds=usage.ru_utime + usage.ru_stime,
-            step_running_s=0.0 if started is None else time.monotonic() - started)
+            step_running_s=0.0 if started is None else time.monotonic() - started, **speculation)
 
 
 def _freeze_startup_objects() -> None:

@@ -12,7 +12,9 @@ from engine.model.llama import Llama
 from engine.runner.cuda_graphs import DecodeGraphs, Step
 from engine.runner.forward_batch import ForwardBatch
 from engine.runner.sampler import Sampler
-from engine.scheduling.scheduler import ScheduledBatch
+from engine.scheduling.request import Request
+from engine.scheduling.scheduled_batch import ScheduledBatch
+from engine.speculative import verification
 from shared.sampling import TokenLogprob
 
 
@@ -61,34 +63,59 @@ class ModelRunner:
                                    self.block_size, capture)
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> tuple[list[int | None], list[TokenLogprob | None] | None]:
-        """Run one step. Returns, per scheduled request, the sampled token (None for a prompt
-        chunk that does not reach its end) and its logprobs (None: no request asked for them)."""
+    def execute(self, batch: ScheduledBatch) -> tuple[list[list[int]], list[TokenLogprob | None] | None]:
+        """Run one step. Returns, per scheduled request, the tokens it gained ([] for a prompt chunk
+        that does not reach its end; with a draft, the accepted draft tokens and the model's next)
+        and its logprobs (None: no request asked for them)."""
         if self.inject_fault is not None:
             self.inject_fault(batch)
         sampling_rows = batch.sampling_rows
+        num_sampled = len(sampling_rows) + batch.num_draft_tokens  # logits rows sampled
         scored = _scored_prompt_spans(batch) if batch.scores_prompts else []
         logits = None if scored else self._decode_from_graph(batch)  # [num_seqs, vocab] or None
         if logits is None:
             logits = self._forward(batch, sampling_rows, scored)
             if scored:  # [num_sampled + scored positions, vocab]: the sampled rows first
-                self._score_prompts(batch, scored, logits[len(sampling_rows):])
-                logits = logits[:len(sampling_rows)]
+                self._score_prompts(batch, scored, logits[num_sampled:])
+                logits = logits[:num_sampled]
         elif len(sampling_rows) < len(batch.requests):  # a one-token prompt chunk short of its end
             logits = logits[torch.tensor(sampling_rows, device=logits.device)]
         num_seqs = len(batch.requests)
         if not sampling_rows:
-            return [None] * num_seqs, None
-        token_ids, token_logprobs = self.sampler.sample(logits, [batch.requests[i] for i in sampling_rows])
+            return [[] for _ in range(num_seqs)], None
+        sampling = [batch.requests[i] for i in sampling_rows]
+        if batch.num_draft_tokens:
+            new_ids, token_logprobs = self._verify(logits, sampling)
+        else:
+            token_ids, token_logprobs = self.sampler.sample(logits, sampling)
+            new_ids = [[token_id] for token_id in token_ids]
         if len(sampling_rows) == num_seqs:
-            return token_ids, token_logprobs
-        sampled: list[int | None] = [None] * num_seqs
+            return new_ids, token_logprobs
+        sampled: list[list[int]] = [[] for _ in range(num_seqs)]
         logprobs: list[TokenLogprob | None] | None = None if token_logprobs is None else [None] * num_seqs
         for i, row in enumerate(sampling_rows):
-            sampled[row] = token_ids[i]
+            sampled[row] = new_ids[i]
             if logprobs is not None:
                 logprobs[row] = token_logprobs[i]
         return sampled, logprobs
+
+    def _verify(self, logits: torch.Tensor, requests: list[Request]
+                ) -> tuple[list[list[int]], list[TokenLogprob | None] | None]:
+        """Sample every row of `logits` [sum of (1 + draft length), vocab], each request's rows in
+        turn, then keep of each draft the prefix the model agrees with (drafted requests decode
+        greedily, so their rows are argmax; the others sample their one row as without drafts)."""
+        rows = [request for request in requests for _ in range(1 + len(request.draft_ids))]
+        token_ids, row_logprobs = self.sampler.sample(logits, rows)
+        new_ids: list[list[int]] = []
+        logprobs: list[TokenLogprob | None] | None = None if row_logprobs is None else []
+        start = 0
+        for request in requests:
+            count = 1 + len(request.draft_ids)
+            new_ids.append(verification.accepted_tokens(request.draft_ids, token_ids[start:start + count]))
+            if logprobs is not None:  # a drafted request never asks for logprobs
+                logprobs.append(row_logprobs[start])
+            start += count
+        return new_ids, logprobs
 
     def _forward(self, batch: ScheduledBatch, sampling_rows: list[int],
                  scored: list[tuple[int, int, int]]) -> torch.Tensor | None:
@@ -144,10 +171,10 @@ class ModelRunner:
         num_computed = [r.num_computed_tokens for r in requests]
         if num_tokens == num_seqs:  # one token a row: the token at its position
             input_ids = np.fromiter(map(_token_at, requests, num_computed), dtype=np.int64, count=num_seqs)
-        else:
+        else:  # a request's draft tokens follow its known ones
             input_ids = np.fromiter(itertools.chain.from_iterable(
-                r.token_ids[c:c + n] for r, c, n in zip(requests, num_computed, num_new)), dtype=np.int64,
-                count=num_tokens)
+                (r.token_ids + r.draft_ids if r.draft_ids else r.token_ids)[c:c + n]
+                for r, c, n in zip(requests, num_computed, num_new)), dtype=np.int64, count=num_tokens)
         q_lens = np.array(num_new, dtype=np.int64)  # [S]
         query_start_loc = np.zeros(num_seqs + 1, dtype=np.int64)  # [S + 1]
         np.cumsum(q_lens, out=query_start_loc[1:])
@@ -155,7 +182,7 @@ class ModelRunner:
         computed = np.array(num_computed, dtype=np.int64)  # [S]
         positions = computed[seq_index] + np.arange(num_tokens) - query_start_loc[seq_index]  # [T]
         block_tables = _pad_block_tables([r.block_ids for r in requests])  # [S, max_blocks]
-        logits_indices = query_start_loc[1:][np.array(sampling_rows, dtype=np.int64)] - 1  # [num_sampled]
+        logits_indices = _sampled_positions(query_start_loc, sampling_rows, requests, batch.num_draft_tokens)
         if scored:  # then every scored position's row: [num_sampled + scored]
             logits_indices = np.concatenate([logits_indices, *(
                 np.arange(count) + query_start_loc[row] + first - num_computed[row] for row, first, count in scored)])
@@ -183,6 +210,19 @@ def _scored_prompt_spans(batch: ScheduledBatch) -> list[tuple[int, int, int]]:
         if end > first:
             spans.append((row, first, end - first))
     return spans
+
+
+def _sampled_positions(query_start_loc: np.ndarray, sampling_rows: list[int], requests: list[Request],
+                       num_draft_tokens: int) -> np.ndarray:
+    """[num_sampled] flat rows whose logits are sampled: each sampling request's last token, or with
+    a draft its last 1 + draft length tokens (the token before the draft and each draft token)."""
+    ends = query_start_loc[1:][np.array(sampling_rows, dtype=np.int64)]  # [num_sampling]
+    if not num_draft_tokens:
+        return ends - 1
+    counts = np.array([1 + len(requests[row].draft_ids) for row in sampling_rows], dtype=np.int64)
+    firsts = np.repeat(ends - counts, counts)  # [num_sampled]
+    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return firsts + offsets
 
 
 def _token_at(request, position: int) -> int:

@@ -113,6 +113,16 @@ class BlockManager:
         owner.block_ids = []
         owner.num_hashed_blocks, owner.hashed_parent = 0, None
 
+    def release_tail(self, owner: BlockOwner, num_tokens: int) -> None:
+        """Drop `owner`'s blocks past those `num_tokens` tokens need: the KV of rejected draft tokens.
+        Such blocks are never hashed (only blocks full of known tokens are), so never shared."""
+        keep = self.num_blocks_for(num_tokens)
+        for block_id in owner.block_ids[keep:]:
+            self.ref_counts[block_id] -= 1
+            if self.ref_counts[block_id] == 0:
+                self.free_queue[block_id] = None
+        del owner.block_ids[keep:]
+
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix (blocks in use keep their data but are no longer shared)."""
         self.cached.clear()

@@ -20,6 +20,8 @@ class Request:
 
     __slots__ = (
         "block_ids",
+        "draft_ids",
+        "draft_state",
         "eos_token_ids",
         "error",
         "error_code",
@@ -75,6 +77,10 @@ class Request:
         # With params.prompt_logprobs: entry k is prompt token k + 1's (scored at position k, as its chunk runs)
         self.prompt_logprobs: list[TokenLogprob] = []
         self.num_preemptions = 0
+        # Speculative decoding (engine/speculative): tokens proposed to follow token_ids, computed
+        # and verified this step (then cleared), and the drafter's state for this request.
+        self.draft_ids: list[int] = []
+        self.draft_state = None
 
     @property
     def num_tokens(self) -> int:

@@ -1,62 +1,26 @@
 """Continuous batching on `num_computed_tokens`: no prefill or decode phase.
 
-Each step spends a token budget over running requests first (decodes cost one token, unfinished
-prompts a chunk), then admits waiting ones. When KV blocks run out the newest running request is
+Each step spends a token budget over running requests first (decodes cost one token, or one plus
+their draft tokens when speculating, unfinished prompts a chunk), then admits waiting ones. When KV blocks run out the newest running request is
 preempted: its blocks are freed and it is recomputed later (its sampled tokens are kept). Pure
 Python: no torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 
 from engine.scheduling.block_manager import BlockManager
 from engine.scheduling.request import Request, RequestStatus
+from engine.scheduling.scheduled_batch import ScheduledBatch
+from engine.speculative.drafter import Drafter
 from shared.grammar_errors import brief
 from shared.sampling import FinishReason
 
 
-@dataclasses.dataclass
-class ScheduledBatch:
-    """One step's work: requests in batch order, how many new tokens each computes, and which of
-    them reach their last token (and so sample one)."""
-
-    requests: list[Request] = dataclasses.field(default_factory=list)
-    num_new_tokens: list[int] = dataclasses.field(default_factory=list)
-    sampling_rows: list[int] = dataclasses.field(default_factory=list)  # indices into requests
-    num_preempted: int = 0
-    scores_prompts: bool = False  # some running request wants its prompt's logprobs (and has no token yet)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.requests
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(self.num_new_tokens)
-
-    def add(self, request: Request, num_new: int) -> None:
-        if request.num_computed_tokens + num_new == len(request.token_ids):
-            self.sampling_rows.append(len(self.requests))
-        self.requests.append(request)
-        self.num_new_tokens.append(num_new)
-
-    def subset(self, rows: list[int]) -> ScheduledBatch:
-        """The batch of only `rows` (indices into requests), in their order."""
-        batch = ScheduledBatch(scores_prompts=self.scores_prompts)
-        for row in rows:
-            batch.add(self.requests[row], self.num_new_tokens[row])
-        return batch
-
-    def samples(self, index: int) -> bool:
-        """Whether request `index` reaches its last token this step (and so samples one)."""
-        return index in self.sampling_rows
-
-
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int) -> None:
+                 max_model_len: int, drafter: Drafter | None = None) -> None:
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -69,6 +33,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.num_cache_queries = 0  # prompt tokens looked up in the prefix cache at admission
         self.num_cache_hits = 0  # of those, tokens served from it
+        self.drafter = drafter  # None: no speculative decoding
 
     # --- admission ------------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -101,7 +66,8 @@ class Scheduler:
 
     # --- one step -------------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch:
-        batch = self._schedule_all_running()
+        num_draft = self.drafter.draft(self.running) if self.drafter is not None else 0
+        batch = self._schedule_all_running(num_draft)
         if batch is None:
             batch = self._schedule_running_in_turn()
         if batch.num_preempted == 0:
@@ -109,23 +75,29 @@ class Scheduler:
         batch.scores_prompts = bool(self.scoring)
         return batch
 
-    def _schedule_all_running(self) -> ScheduledBatch | None:
+    def _schedule_all_running(self, num_draft: int) -> ScheduledBatch | None:
         """The usual step: every running request's remaining tokens fit the budget and the free
         blocks, so each is scheduled whole, and only those that need blocks or hashing see the
         block manager (a few a step: one request in block_size crosses a block per decode).
         None when they do not all fit: the request-by-request path then cuts and preempts."""
         running = self.running
-        demand = [len(r.token_ids) - r.num_computed_tokens for r in running]
+        if num_draft:
+            demand = [len(r.token_ids) + len(r.draft_ids) - r.num_computed_tokens for r in running]
+        else:
+            demand = [len(r.token_ids) - r.num_computed_tokens for r in running]
         if sum(demand) > self.max_num_batched_tokens:
             return None
         for index in self.block_manager.needing_allocation(running, demand):
             if not self.block_manager.allocate(running[index], demand[index]):
                 return None  # what was allocated stays: the other path's allocate finds it there
-        return ScheduledBatch(list(running), demand, list(range(len(running))))  # each whole: each samples
+        # each whole: each samples
+        return ScheduledBatch(list(running), demand, list(range(len(running))), num_draft_tokens=num_draft)
 
     def _schedule_running_in_turn(self) -> ScheduledBatch:
         """Running requests in admission order, each cut to the budget left; when blocks run out
-        the newest is preempted (possibly the one at hand)."""
+        the newest is preempted (possibly the one at hand). Short of budget or blocks, draft tokens
+        are the first thing given up: no request speculates this step."""
+        self._drop_drafts()
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
         index = 0
@@ -138,6 +110,12 @@ class Scheduler:
             budget -= num_new
             index += 1
         return batch
+
+    def _drop_drafts(self) -> None:
+        for request in self.running:
+            if request.draft_ids:
+                request.draft_ids = []
+                self.block_manager.release_tail(request, len(request.token_ids))
 
     def _allocate_or_preempt(self, request: Request, num_new: int, batch: ScheduledBatch) -> bool:
         while not self.block_manager.allocate(request, num_new):
@@ -193,27 +171,44 @@ class Scheduler:
             batch.add(request, num_new)
             budget -= num_new
 
-    def update_from_output(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[Request]:
-        """Advance each scheduled request; `sampled[i]` is the token request i drew, or None for
-        a prompt chunk that did not reach the end. Returns the requests that finished this step
-        (including any finished outside a step since the last call)."""
+    def update_from_output(self, batch: ScheduledBatch, sampled: list[list[int]]) -> list[Request]:
+        """Advance each scheduled request; `sampled[i]` holds the tokens request i gained: [] for a
+        prompt chunk that did not reach the end, one token, or with draft tokens the accepted ones
+        and the model's next. Tokens past one that ends the request are deleted from `sampled[i]`.
+        Returns the requests that finished this step (including any finished outside a step since
+        the last call)."""
         finished_status, max_model_len = RequestStatus.FINISHED, self.max_model_len
-        for request, num_new, token_id in zip(batch.requests, batch.num_new_tokens, sampled):
+        for request, num_new, new_ids in zip(batch.requests, batch.num_new_tokens, sampled):
             if request.status is finished_status:  # aborted while the step ran
                 continue
             request.num_computed_tokens += num_new
-            if token_id is None:
+            if not new_ids:
                 continue
+            if request.draft_ids:
+                self._settle_draft(request, len(new_ids) - 1)
             token_ids = request.token_ids
-            token_ids.append(token_id)
-            if token_id in request.stop_ids:
-                self._finish(request, FinishReason.STOP)
-            elif request.matcher is not None and self._grammar_ends(request, token_id):
-                pass  # finished there
-            elif len(token_ids) >= request.length_limit or len(token_ids) >= max_model_len:
-                self._finish(request, FinishReason.LENGTH)
+            for count, token_id in enumerate(new_ids, 1):
+                token_ids.append(token_id)
+                if token_id in request.stop_ids:
+                    self._finish(request, FinishReason.STOP)
+                elif request.matcher is not None and self._grammar_ends(request, token_id):
+                    pass  # finished there
+                elif len(token_ids) >= request.length_limit or len(token_ids) >= max_model_len:
+                    self._finish(request, FinishReason.LENGTH)
+                else:
+                    continue
+                del new_ids[count:]
+                break
         finished, self.newly_finished = self.newly_finished, []
         return finished
+
+    def _settle_draft(self, request: Request, num_accepted: int) -> None:
+        """The KV of the rejected draft tokens is stale: uncount it and release the blocks that
+        held only it. The accepted ones are the tokens the model would have produced."""
+        self.drafter.record(request, num_accepted)
+        request.num_computed_tokens -= len(request.draft_ids) - num_accepted
+        request.draft_ids = []
+        self.block_manager.release_tail(request, len(request.token_ids) + num_accepted + 1)
 
     def _grammar_ends(self, request: Request, token_id: int) -> bool:
         """Advance the request's grammar by its new token; True when that ended the request: the

@@ -33,6 +33,19 @@ class TextStream:
         self.pending = self.pending[len(self.pending) - keep:]
         return released
 
+    def push_until_stop(self, token_ids: list[int]) -> tuple[str, int]:
+        """push, one token at a time when several could hold a stop string's end (a step that
+        verified draft tokens): the text and how many of the tokens came before the stop, so that
+        tokens generated past it are not counted."""
+        if len(token_ids) == 1 or not self.stop:
+            return self.push(token_ids), len(token_ids)
+        text = ""
+        for count, token_id in enumerate(token_ids, 1):
+            text += self.push([token_id])
+            if self.stopped:
+                return text, count
+        return text, len(token_ids)
+
     def finish(self) -> str:
         """The held-back tail, once the request has ended without a stop string."""
         released, self.pending = ("" if self.stopped else self.pending), ""

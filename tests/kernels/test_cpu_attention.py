@@ -59,6 +59,22 @@ def test_random_batches_match_the_reference():
         torch.testing.assert_close(got, expected, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize("window", [None, 8])
+def test_short_queries_attend_a_row_a_token_through_the_decode_kernel(window):
+    """Verified drafts and short last chunks (up to SHORT_QUERY tokens) beside a decode and a long
+    chunk: each of their tokens is a kernel row whose context ends at that token."""
+    seq_lens, q_lens = [70, 5, 40, 200, 17], [5, 5, 1, 17, 16]
+    query, k_cache, v_cache, tables, lens, starts, dense_k, dense_v = make_paged_inputs(
+        seq_lens, q_lens, num_q_heads=6, num_kv_heads=2, head_dim=64, block_size=16, dtype=torch.float32, seed=3)
+    plan = ops.plan_attention(tables, lens, starts, window)
+    assert plan.decode_rows.tolist() == [*range(0, 11), *range(28, 44)]
+    assert plan.decode_lens.tolist() == [*range(66, 71), *range(1, 6), 40, *range(2, 18)]
+    assert [q_len for _, _, q_len, _ in plan.prefill.prefills] == [17]
+    got = ops.paged_attention(query, k_cache, v_cache, plan, 0.125)
+    expected = dense_attention(query, dense_k, dense_v, seq_lens, q_lens, 0.125, window)
+    torch.testing.assert_close(got.double(), expected, **TOL[torch.float32])
+
+
 def test_auto_picks_the_cpu_kernels_where_they_cover_the_model():
     assert kernels.load("auto", "cpu", ("bfloat16", 64, 16)) is cpu
     assert kernels.load("auto", "cpu", ("float16", 64, 16)) is ref  # no float16 kernel

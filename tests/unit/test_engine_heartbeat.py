@@ -26,7 +26,7 @@ class SlowCore:
         self.steps_left = 1
         self.step_window: tuple[float, float] | None = None
         self.scheduler = types.SimpleNamespace(running=[], waiting=[], block_manager=types.SimpleNamespace(usage=0.0),
-                                               num_cache_queries=0, num_cache_hits=0, num_preemptions=0)
+                                               num_cache_queries=0, num_cache_hits=0, num_preemptions=0, drafter=None)
 
     def has_work(self) -> bool:
         return self.armed.is_set() and self.steps_left > 0

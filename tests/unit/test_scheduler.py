@@ -3,12 +3,17 @@ A fake runner samples a fixed token, so these run in milliseconds with no model.
 
 from __future__ import annotations
 
+import random
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.scheduling.block_manager import BlockManager
 from engine.scheduling.request import Request, RequestStatus
 from engine.scheduling.scheduler import Scheduler
+from engine.speculative.drafter import Drafter
+from shared.config import SpeculativeConfig
 from shared.sampling import FinishReason, SamplingParams
 
 BLOCK = 4
@@ -16,19 +21,26 @@ EOS = 0
 
 
 def make_scheduler(num_blocks: int = 64, max_num_seqs: int = 8, budget: int = 16,
-                   max_model_len: int = 256) -> Scheduler:
-    return Scheduler(BlockManager(num_blocks, BLOCK), max_num_seqs, budget, max_model_len)
+                   max_model_len: int = 256, drafter: Drafter | None = None) -> Scheduler:
+    return Scheduler(BlockManager(num_blocks, BLOCK), max_num_seqs, budget, max_model_len, drafter)
 
 
-def make_request(rid: int, prompt_len: int, max_tokens: int = 4, first_token: int = 1) -> Request:
+def make_request(rid: int, prompt_len: int, max_tokens: int = 4, first_token: int = 1,
+                 temperature: float = 1.0) -> Request:
     prompt = list(range(first_token, first_token + prompt_len))
-    return Request(rid, prompt, SamplingParams(max_tokens=max_tokens), seed=0, eos_token_ids=frozenset({EOS}))
+    return Request(rid, prompt, SamplingParams(max_tokens=max_tokens, temperature=temperature), seed=0,
+                   eos_token_ids=frozenset({EOS}))
 
 
-def step(scheduler: Scheduler, token: int = 7) -> tuple[list[tuple[int, int]], list[Request]]:
-    """One engine step with a fake runner. Returns ([(rid, num_new_tokens)], finished)."""
+def step(scheduler: Scheduler, token: int = 7, accept: random.Random | None = None
+         ) -> tuple[list[tuple[int, int]], list[Request]]:
+    """One engine step with a fake runner: every sampling request draws `token`, after a random
+    prefix of its draft tokens (`accept`). Returns ([(rid, num_new_tokens)], finished)."""
     batch = scheduler.schedule()
-    sampled = [token if batch.samples(i) else None for i in range(len(batch.requests))]
+    sampled = [[] for _ in batch.requests]
+    for row in batch.sampling_rows:
+        draft = batch.requests[row].draft_ids
+        sampled[row] = draft[:accept.randint(0, len(draft)) if accept else 0] + [token]
     finished = scheduler.update_from_output(batch, sampled)
     scheduler.check_invariants()
     return list(zip([r.rid for r in batch.requests], batch.num_new_tokens)), finished
@@ -181,23 +193,29 @@ actions = st.lists(st.tuples(st.sampled_from(["add", "step", "step", "abort"]), 
                              st.integers(0, 3)), max_size=80)
 
 
+@pytest.mark.parametrize("speculative", [False, True], ids=["plain", "drafts"])
 @settings(max_examples=100, deadline=None)
-@given(actions)
-def test_random_traffic_keeps_invariants_and_always_drains(script):
-    scheduler = make_scheduler(num_blocks=12, max_num_seqs=4, budget=12, max_model_len=48)
+@given(script=actions)
+def test_random_traffic_keeps_invariants_and_always_drains(speculative, script):
+    """With drafts: greedy requests, drafted for whenever their last token recurred, each draft
+    accepted up to a random point."""
+    drafter = Drafter(SpeculativeConfig(num_speculative_tokens=3, prompt_lookup_min=1), 48) if speculative else None
+    scheduler = make_scheduler(num_blocks=12, max_num_seqs=4, budget=12, max_model_len=48, drafter=drafter)
+    accept = random.Random(len(script)) if speculative else None
     rid = 0
     for action, size, pick in script:
         if action == "add":
-            scheduler.add(make_request(rid, prompt_len=size, max_tokens=1 + pick * 5, first_token=pick * 3 + 1))
+            scheduler.add(make_request(rid, prompt_len=size, max_tokens=1 + pick * 5, first_token=pick * 3 + 1,
+                                       temperature=0.0 if speculative else 1.0))
             rid += 1
         elif action == "abort" and scheduler.requests:
             scheduler.abort(sorted(scheduler.requests)[pick % len(scheduler.requests)])
         else:
-            step(scheduler)
+            step(scheduler, accept=accept)
         scheduler.check_invariants()
     for _ in range(2000):  # everything finishes: nothing is dropped or stuck
         if not scheduler.has_work():
             break
-        step(scheduler)
+        step(scheduler, accept=accept)
     assert not scheduler.has_work() and not scheduler.requests
     assert scheduler.block_manager.num_free_blocks == 12

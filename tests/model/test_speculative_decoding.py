@@ -1,0 +1,97 @@
+"""Speculative decoding (n-gram lookup) gives, token for token, what decoding without it gives:
+tiny random models of three families and the real embedded model, with chunked prompts,
+preemption, stop tokens, and greedy requests sharing steps with seeded sampled ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import InferenceEngine, SamplingParams
+from engine.loaders.random_weights import random_checkpoint
+from engine.model.model_config import ModelConfig
+from shared.config import EngineConfig, SpeculativeConfig
+
+# min 1: draft whenever the last token recurred, so that drafts are both accepted and rejected
+SPEC = SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=1, prompt_lookup_max=4,
+                         disable_by_batch_size=8)
+FAMILIES = {
+    "llama": {},
+    "qwen2-biases": dict(architecture="Qwen2ForCausalLM", attention_bias=True),
+    "mistral-sliding-window": dict(architecture="MistralForCausalLM", sliding_window=16),
+}
+PROMPTS = [[(7 * i + 3 * j) % 250 + 1 for j in range(n)] for i, n in enumerate((5, 40, 17, 70, 9, 3))]
+GREEDY = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+
+
+def tiny(family: str, **options) -> InferenceEngine:
+    config = ModelConfig(**{**dict(architecture="LlamaForCausalLM", vocab_size=256, hidden_size=64,
+                                   intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+                                   rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=512,
+                                   tie_word_embeddings=False), **FAMILIES[family]})
+    # a small token budget: long prompts are chunked and share steps with drafted decodes
+    engine_config = EngineConfig(**{**dict(dtype="float32", num_kv_blocks=64, max_num_batched_tokens=32), **options})
+    return InferenceEngine.from_checkpoint(random_checkpoint(config, seed=5), engine_config)
+
+
+def token_ids(engine: InferenceEngine, prompts, params: SamplingParams) -> list[list[int]]:
+    return [c.token_ids for c in engine.generate(prompts, params)]
+
+
+def assert_drafts_both_accepted_and_rejected(engine: InferenceEngine) -> None:
+    drafter = engine.core.scheduler.drafter
+    assert drafter.num_accepted_tokens > 0, "the test must accept draft tokens"
+    assert drafter.num_draft_tokens > drafter.num_accepted_tokens, "the test must reject draft tokens"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_greedy_tokens_are_the_same_with_drafts(family):
+    plain, drafting = tiny(family), tiny(family, speculative=SPEC)
+    assert token_ids(drafting, PROMPTS, GREEDY) == token_ids(plain, PROMPTS, GREEDY)
+    assert_drafts_both_accepted_and_rejected(drafting)
+    assert drafting.core.scheduler.block_manager.num_free_blocks == 64
+    drafting.core.scheduler.check_invariants()
+
+
+def test_preemption_and_stop_tokens_hold_with_drafts():
+    plain = tiny("llama")
+    expected = token_ids(plain, PROMPTS, GREEDY)
+    small = tiny("llama", speculative=SPEC, num_kv_blocks=14, enable_prefix_caching=False)  # 224 tokens
+    assert token_ids(small, PROMPTS, GREEDY) == expected
+    assert small.core.scheduler.num_preemptions > 0, "the test must actually preempt"
+    assert_drafts_both_accepted_and_rejected(small)
+    stop = SamplingParams(max_tokens=40, temperature=0.0, stop_token_ids=[expected[0][12]])
+    drafting = tiny("llama", speculative=SPEC)
+    with_stop = drafting.generate(PROMPTS, stop)
+    assert [c.token_ids for c in with_stop] == token_ids(plain, PROMPTS, stop)
+    assert with_stop[0].finish_reason == "stop" and with_stop[0].token_ids[-1] == expected[0][12]
+
+
+def test_sampled_requests_sharing_steps_with_drafted_ones_are_unchanged():
+    """Seeded sampled requests are not drafted for; in a batch with drafted greedy ones they draw
+    the tokens they draw without speculation, and the greedy ones keep theirs."""
+    sampled = SamplingParams(max_tokens=30, temperature=0.9, top_p=0.95, seed=11, ignore_eos=True)
+    outputs = []
+    for engine in (tiny("llama"), tiny("llama", speculative=SPEC)):
+        core = engine.core
+        for rid, prompt in enumerate(PROMPTS):
+            core.add_request(rid, prompt, sampled if rid % 2 else GREEDY)
+        tokens: dict[int, list[int]] = {rid: [] for rid in range(len(PROMPTS))}
+        while core.has_work():
+            output = core.step()
+            for request, new_ids in zip(output.requests, output.new_ids):
+                tokens[request.rid] += new_ids
+        outputs.append(tokens)
+    assert outputs[1] == outputs[0]
+    assert engine.core.scheduler.drafter.num_accepted_tokens > 0
+
+
+@pytest.mark.slow
+def test_embedded_model_gives_the_same_tokens_with_drafts(gguf_path, smollm2, smollm2_prompts):
+    """The golden prompts (one spans several chunks) and text the model copies."""
+    drafting = InferenceEngine.from_pretrained(gguf_path, dtype="float32", speculative=SpeculativeConfig())
+    copy = smollm2.tokenizer.encode("Repeat this list exactly: apples, pears, plums, figs, dates, limes.\n"
+                                    "apples, pears, plums, figs,")
+    prompts = [*smollm2_prompts, copy]
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    assert token_ids(drafting, prompts, params) == token_ids(smollm2, prompts, params)
+    assert drafting.core.scheduler.drafter.num_accepted_tokens > 0
