@@ -43,10 +43,16 @@ def test_sigterm_aborts_in_flight_requests_and_stops_every_child():
 
 
 def test_children_die_with_a_killed_launcher():
-    stack = Stack()
-    children = _children(stack.process.pid)
-    stack.process.send_signal(signal.SIGKILL)
-    stack.process.wait()
+    """Killed while its engine still loads (the children exist from the start): none outlives it,
+    and the engine does not go on loading a model for nobody."""
+    launcher = forge("serve", "--port", str(free_port()))
+    deadline = time.monotonic() + 60
+    while len(_children(launcher.pid)) < 2 and time.monotonic() < deadline:  # the engine and a worker
+        time.sleep(0.05)
+    children = _children(launcher.pid)
+    assert len(children) >= 2
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
     assert _all_gone(children, timeout_s=10), "children were orphaned"
 
 
