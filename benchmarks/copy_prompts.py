@@ -41,8 +41,8 @@ COPY_PROMPTS = [
     "Fix the spelling of 'harbour' to 'harbor' in this paragraph and return the paragraph.\n\n" + _PASSAGE,
     "Rewrite this record as a JSON object with the same fields and values.\n\n" + _RECORD,
     "Return this record unchanged, but with the phone number removed.\n\n" + _RECORD,
-    "Repeat this list exactly, one item a line: apples, pears, plums, figs, dates, limes, kiwis, mangos, "
-    "lemons, grapes, cherries, peaches, apricots, melons, oranges, quinces.",
+    ("Repeat this list exactly, one item a line: apples, pears, plums, figs, dates, limes, kiwis, mangos, "
+     "lemons, grapes, cherries, peaches, apricots, melons, oranges, quinces."),
     "Change the function to use `pathlib.Path.read_text` instead of `open`, and return the whole function.\n\n"
     + _FUNCTION,
 ]

@@ -33,9 +33,9 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from benchmarks.copy_prompts import COPY_PROMPTS  # noqa: E402
-from engine.loaders import default_model_path  # noqa: E402
-from tests.e2e.stack import free_port  # noqa: E402
+from benchmarks.copy_prompts import COPY_PROMPTS
+from engine.loaders import default_model_path
+from tests.e2e.stack import free_port
 
 MODEL = "smollm2-135m-instruct"
 LLAMA_SERVER = os.path.expanduser(os.path.join(os.environ.get("FORGE_PEERS_DIR", "~/.cache/forge-peers"),
