@@ -168,7 +168,13 @@ class TokenizerWorker:
             except msgspec.MsgspecError as exc:
                 logger.warning("dropped a malformed message: %s", exc)
                 continue
-            handle(message)
+            try:
+                handle(message)
+            except WorkerRefused:
+                raise
+            except Exception as exc:  # noqa: BLE001 (a well-formed message it cannot act on must not end every request here)
+                logger.warning("dropped a %s it could not act on: %s: %s", type(message).__name__,
+                               type(exc).__name__, exc)
 
     # --- frontend -> worker ----------------------------------------------------------------------
     def _from_frontend(self, message: object) -> None:
@@ -187,6 +193,7 @@ class TokenizerWorker:
         try:
             prompt_ids, prompt_text = self.prompts.encode(request)
             params = self.prompts.fitted_params(request, prompt_ids)
+            self.prompts.checked_ids(request.resume_ids)  # a handed-over request's tokens so far
         except ValueError as exc:
             out = TextDeltas()
             add_entry(out, request.rid, "", FinishReason.ERROR, error=str(exc), error_code=400)
@@ -234,18 +241,29 @@ class TokenizerWorker:
                 if not deltas.finish[i]:
                     ipc.send(self.to_engine, AbortRequest(engine_rid))  # nobody reads it: free its KV
                 continue
-            text, finish, stopped = state.take(deltas.new_ids[i], FinishReason(deltas.finish[i]))
-            if stopped:
-                ipc.send(self.to_engine, AbortRequest(engine_rid))  # free its KV now; text is complete
-            if finish:
-                del self.active[rid]
-            error = deltas.errors[i]
-            code = (deltas.error_codes[i] or 500) if error else 0  # 400: refused as asked; 500: the engine failed
-            logprobs, prompt_logprobs = row_logprobs(self.tokenizer, state, deltas, i)
-            add_entry(out, rid, text, finish, deltas.num_prompt_tokens[i], state.num_output_tokens,
-                      deltas.num_cached_tokens[i], error, code, logprobs, deltas.new_ids[i], prompt_logprobs)
+            try:
+                self._on_row(deltas, i, state, out)
+            except (ValueError, TypeError, OverflowError, IndexError) as exc:  # one row's, not the others'
+                self.active.pop(rid, None)
+                ipc.send(self.to_engine, AbortRequest(engine_rid))
+                add_entry(out, rid, "", FinishReason.ERROR, error=f"the engine sent what this worker cannot read: "
+                          f"{type(exc).__name__}: {exc}", error_code=500)
         if out.rids:
             self._send_text(out)
+
+    def _on_row(self, deltas: TokenDeltas, i: int, state: InFlight, out: TextDeltas) -> None:
+        """Row i of `deltas`, for `state`: its text (and end) into `out`. Everything that can fail
+        on a hostile row runs before anything is sent or forgotten."""
+        text, finish, stopped = state.take(deltas.new_ids[i], FinishReason(deltas.finish[i]))
+        error = deltas.errors[i]
+        code = (deltas.error_codes[i] or 500) if error else 0  # 400: refused as asked; 500: the engine failed
+        logprobs, prompt_logprobs = row_logprobs(self.tokenizer, state, deltas, i)
+        if stopped:
+            ipc.send(self.to_engine, AbortRequest(deltas.rids[i]))  # free its KV now; text is complete
+        if finish:
+            del self.active[state.rid]
+        add_entry(out, state.rid, text, finish, deltas.num_prompt_tokens[i], state.num_output_tokens,
+                  deltas.num_cached_tokens[i], error, code, logprobs, deltas.new_ids[i], prompt_logprobs)
 
     def _fail_all(self, reason: str, code: int) -> None:
         """End every active request with an error; tell the engine too, in case it is only slow, so
