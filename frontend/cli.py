@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import os
 import secrets
 import sys
 
@@ -89,6 +90,8 @@ def _run_engine(args: argparse.Namespace) -> int:
 
     die_with_launcher()  # before the engine's imports: an orphan should not load a model
     set_title("forge-engine")
+    if args.model is not None and not os.path.exists(args.model):  # one line, before seconds of imports
+        raise SystemExit(f"forge engine: no model at {args.model}")
     from engine.process import serving
 
     options = dict(device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
@@ -151,8 +154,6 @@ def _speculative_config(text: str) -> SpeculativeConfig:
 
 def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
     """--api-key flags, then FORGE_API_KEY (comma-separated): the keys a client may present."""
-    import os
-
     from_env = [key.strip() for key in os.environ.get("FORGE_API_KEY", "").split(",") if key.strip()]
     return tuple(args.api_key or []) + tuple(from_env)
 

@@ -5,15 +5,17 @@ the text it would have had (greedy, float32), after a pause during which /health
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import threading
 import time
 
 import openai
 import psutil
+import pytest
 
 from tests.e2e.conftest import MODEL, STALL_TIMEOUT_S
-from tests.e2e.stack import HttpProbe, forge, free_port
+from tests.e2e.stack import HttpProbe, Stack, forge, free_port
 
 PROMPTS = [f"Write one sentence about the number {i}." for i in range(16)]
 GREEDY = {"max_tokens": 32, "temperature": 0.0, "extra_body": {"ignore_eos": True}}
@@ -140,3 +142,27 @@ def test_a_split_stack_picks_up_an_engine_restarted_by_hand():
         for process in processes:
             process.kill()
             process.wait()
+
+
+def test_past_the_restart_budget_the_stream_ends_with_the_reason_and_the_server_exits_1(tmp_path, gguf_path):
+    """The engine keeps dying: its model file is gone, so every restart fails while loading. After
+    the budget of restarts (3 in 5 minutes) the stream in flight ends with an error event saying
+    why, and `forge serve` exits 1, for a supervisor to see."""
+    model = tmp_path / "model.gguf"
+    shutil.copyfile(gguf_path, model)
+    stack = Stack(str(model), "--dtype", "float32", "--served-model-name", MODEL)
+    try:
+        client = openai.OpenAI(base_url=stack.url + "/v1", api_key="x", max_retries=0, timeout=120)
+        stream = client.completions.create(model=MODEL, prompt="A long story:", max_tokens=2000, stream=True,
+                                           extra_body={"ignore_eos": True})
+        next(iter(stream))
+        model.unlink()
+        _engine_of(stack.process.pid).send_signal(signal.SIGKILL)
+        with pytest.raises(openai.APIError, match="kept crashing"):
+            for _ in stream:
+                pass
+        assert stack.process.wait(60) == 1
+    finally:
+        if stack.process.poll() is None:
+            stack.process.kill()
+            stack.process.wait()
