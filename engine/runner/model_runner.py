@@ -102,10 +102,11 @@ class ModelRunner:
     def _verify(self, logits: torch.Tensor, requests: list[Request]
                 ) -> tuple[list[list[int]], list[TokenLogprob | None] | None]:
         """Sample every row of `logits` [sum of (1 + draft length), vocab], each request's rows in
-        turn, then keep of each draft the prefix the model agrees with (drafted requests decode
-        greedily, so their rows are argmax; the others sample their one row as without drafts)."""
+        turn, each for its own output position, then keep of each draft the prefix the model agrees
+        with (engine/speculative/verification.py)."""
         rows = [request for request in requests for _ in range(1 + len(request.draft_ids))]
-        token_ids, row_logprobs = self.sampler.sample(logits, rows)
+        positions = [request.num_output_tokens + i for request in requests for i in range(1 + len(request.draft_ids))]
+        token_ids, row_logprobs = self.sampler.sample(logits, rows, positions)
         new_ids: list[list[int]] = []
         logprobs: list[TokenLogprob | None] | None = None if row_logprobs is None else []
         start = 0

@@ -16,10 +16,12 @@ class Sampler:
         self.ops = ops
         self.device = device
 
-    def sample(self, logits: torch.Tensor, requests: list[Request]
+    def sample(self, logits: torch.Tensor, requests: list[Request], positions: list[int] | None = None
                ) -> tuple[list[int], list[TokenLogprob | None] | None]:
         """logits [num_rows, vocab] float32, one row per request -> (token ids, each row's logprobs
-        or None where not asked for; None for all when no row asked)."""
+        or None where not asked for; None for all when no row asked). `positions`: the output
+        position each row draws for (its seeded noise); default, each request's next one. A request
+        may own several rows (draft positions, with positions given)."""
         if all(r.plain_greedy for r in requests):  # the common case, in one pass over the rows
             return logits.argmax(dim=-1).tolist(), None
         raw = logits
@@ -41,7 +43,8 @@ class Sampler:
                 self._column([p.top_p for p in params], torch.float32),
                 self._column([p.min_p for p in params], torch.float32),
                 self._column([_as_signed64(r.seed) for r in requests], torch.int64),
-                self._column([r.num_output_tokens for r in requests], torch.int64),
+                self._column(positions if positions is not None else [r.num_output_tokens for r in requests],
+                             torch.int64),
             )
         token_list = token_ids.tolist()
         return token_list, self._logprobs(raw, token_list, requests)

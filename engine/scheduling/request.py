@@ -22,6 +22,7 @@ class Request:
         "block_ids",
         "draft_ids",
         "draft_state",
+        "draftable",
         "eos_token_ids",
         "error",
         "error_code",
@@ -63,10 +64,12 @@ class Request:
         # the stop token ids), or length_limit tokens in all (the model's own limit also applies).
         self.stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_token_ids)
         self.length_limit = self.prompt_len + params.max_tokens
-        # The sampler's fast path: the top token, nothing else to compute or mask.
-        self.plain_greedy = (params.is_greedy and params.logprobs is None and params.min_tokens == 0
-                             and params.repetition_penalty == 1.0 and not params.presence_penalty
-                             and not params.frequency_penalty and not params.grammar)
+        # Nothing but the logits decides its next token (no logprobs, penalties, min_tokens or
+        # grammar), so a step may verify draft tokens for it (engine/speculative) ...
+        self.draftable = (params.logprobs is None and params.min_tokens == 0 and params.repetition_penalty == 1.0
+                          and not params.presence_penalty and not params.frequency_penalty and not params.grammar)
+        # ... and, greedy, it takes the sampler's fast path: the top token, nothing else to compute.
+        self.plain_greedy = self.draftable and params.is_greedy
         # With params.grammar: its llguidance matcher (engine/grammar), set before the request is
         # queued and advanced by every token it samples.
         self.matcher = None

@@ -1,10 +1,10 @@
 """Decides, each step, which running requests get draft tokens, and counts how they fare.
 
-A request is drafted for when it decodes greedily (verification here is greedy: the longest
-prefix of the draft equal to the model's own argmax is kept, so the output is the one decoding
-without drafts gives), the step's batch is small enough to be bound by reading the weights
-(`disable_by_batch_size`), and its drafts have been accepted often enough lately to pay for the
-extra tokens the step computes.
+A request is drafted for when nothing but the logits decides its next token (`Request.draftable`:
+greedy or sampled, without logprobs, penalties, min_tokens or a grammar; see verification.py for
+why that keeps its tokens exactly those of decoding without drafts), the step's batch is small
+enough to be bound by reading the weights (`disable_by_batch_size`), and its drafts have been
+accepted often enough lately to pay for the extra tokens the step computes.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Drafter:
         total = 0
         for request in running:
             room = min(request.length_limit, self.max_model_len) - len(request.token_ids) - 1
-            if (not request.plain_greedy or request.num_computed_tokens != len(request.token_ids) - 1
+            if (not request.draftable or request.num_computed_tokens != len(request.token_ids) - 1
                     or room <= 0):
                 continue
             state = request.draft_state

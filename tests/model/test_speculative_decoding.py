@@ -1,14 +1,16 @@
 """Speculative decoding (n-gram lookup) gives, token for token, what decoding without it gives:
 tiny random models of three families and the real embedded model, with chunked prompts,
-preemption, stop tokens, and greedy requests sharing steps with seeded sampled ones."""
+preemption, stop tokens, and seeded sampled requests (drafted too) sharing steps with greedy ones."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from engine import InferenceEngine, SamplingParams
 from engine.loaders.random_weights import random_checkpoint
 from engine.model.model_config import ModelConfig
+from engine.speculative import verification
 from shared.config import EngineConfig, SpeculativeConfig
 
 # min 1: draft whenever the last token recurred, so that drafts are both accepted and rejected
@@ -66,23 +68,38 @@ def test_preemption_and_stop_tokens_hold_with_drafts():
     assert with_stop[0].finish_reason == "stop" and with_stop[0].token_ids[-1] == expected[0][12]
 
 
-def test_sampled_requests_sharing_steps_with_drafted_ones_are_unchanged():
-    """Seeded sampled requests are not drafted for; in a batch with drafted greedy ones they draw
-    the tokens they draw without speculation, and the greedy ones keep theirs."""
-    sampled = SamplingParams(max_tokens=30, temperature=0.9, top_p=0.95, seed=11, ignore_eos=True)
-    outputs = []
-    for engine in (tiny("llama"), tiny("llama", speculative=SPEC)):
-        core = engine.core
-        for rid, prompt in enumerate(PROMPTS):
-            core.add_request(rid, prompt, sampled if rid % 2 else GREEDY)
-        tokens: dict[int, list[int]] = {rid: [] for rid in range(len(PROMPTS))}
-        while core.has_work():
-            output = core.step()
-            for request, new_ids in zip(output.requests, output.new_ids):
-                tokens[request.rid] += new_ids
-        outputs.append(tokens)
-    assert outputs[1] == outputs[0]
-    assert engine.core.scheduler.drafter.num_accepted_tokens > 0
+def _tokens_by_request(engine: InferenceEngine, params_of) -> dict[int, list[int]]:
+    """Every prompt through the engine core at once, request i with params_of(i): its tokens."""
+    core = engine.core
+    for rid, prompt in enumerate(PROMPTS):
+        core.add_request(rid, prompt, params_of(rid))
+    tokens: dict[int, list[int]] = {rid: [] for rid in range(len(PROMPTS))}
+    while core.has_work():
+        output = core.step()
+        for request, new_ids in zip(output.requests, output.new_ids):
+            tokens[request.rid] += new_ids
+    return tokens
+
+
+SAMPLED = SamplingParams(max_tokens=30, temperature=0.9, top_p=0.95, top_k=50, min_p=0.01, seed=11, ignore_eos=True)
+
+
+def test_seeded_sampled_requests_draw_the_same_tokens_with_drafts():
+    """A draft position draws with its own position's seeded noise, so a sampled request keeps
+    exactly its tokens; greedy requests in the same steps keep theirs."""
+    def params_of(rid: int) -> SamplingParams:
+        return msgspec.structs.replace(SAMPLED, seed=rid) if rid % 2 else GREEDY
+
+    drafting = tiny("llama", speculative=SPEC)
+    assert _tokens_by_request(drafting, params_of) == _tokens_by_request(tiny("llama"), params_of)
+    assert_drafts_both_accepted_and_rejected(drafting)
+
+
+def test_a_verifier_that_ignores_the_draw_is_caught(monkeypatch):
+    """The check above can fail: accepting every draft token of a sampled request changes its tokens."""
+    expected = _tokens_by_request(tiny("llama"), lambda rid: SAMPLED)
+    monkeypatch.setattr(verification, "accepted_tokens", lambda draft, target: [*draft, target[len(draft)]])
+    assert _tokens_by_request(tiny("llama", speculative=SPEC), lambda rid: SAMPLED) != expected
 
 
 @pytest.mark.slow

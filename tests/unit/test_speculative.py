@@ -135,13 +135,15 @@ def test_max_tokens_bounds_the_draft():
     assert request.draft_ids == [4]
 
 
-def test_no_drafts_for_sampled_requests_large_batches_or_a_short_budget():
+def test_no_drafts_where_more_than_logits_decide_for_large_batches_or_a_short_budget():
     s = scheduler(disable_by_batch_size=1)
-    sampled = Request(0, [1, 2, 1, 2], SamplingParams(max_tokens=9, temperature=0.8), 0, frozenset())
-    s.add(sampled)
+    scored = Request(0, [1, 2, 1, 2], SamplingParams(max_tokens=9, temperature=0.8, logprobs=1), 0, frozenset())
+    s.add(scored)
     s.update_from_output(s.schedule(), [[1]])
     s.schedule()
-    assert sampled.draft_ids == []
+    assert scored.draft_ids == []  # its logprobs come one token a step
+    sampled = Request(9, [1, 2, 1, 2], SamplingParams(max_tokens=9, temperature=0.8), 0, frozenset())
+    assert sampled.draftable and not sampled.plain_greedy
     s.add(greedy_request(1, [1, 2, 1, 2]))
     s.update_from_output(s.schedule(), [[2], [1]])
     batch = s.schedule()  # two running, drafting disabled above one
