@@ -22,7 +22,7 @@ from engine.device import resolve_device, resolve_dtype
 from engine.engine_core import EngineCore
 from engine.grammar.compiler import GrammarCompiler
 from engine.loaders import Checkpoint, open_checkpoint
-from engine.model import cpu_decode, int4_crossover, lm_head
+from engine.model import calibration, cpu_decode
 from engine.model.int4_linear import resolve_weight_format
 from engine.model.llama import Llama
 from engine.runner.model_runner import ModelRunner
@@ -91,15 +91,8 @@ class InferenceEngine:
         model.load_weights(checkpoint.open_weights())
         model.eval()
         weights = f", {weight_format} weights" if weight_format != "float" else ""
-        if weight_format == "mixed":  # where 4-bit beats bfloat16 on this machine
-            weights += f" (4-bit up to {min(int4_crossover.calibrate(model).values())} rows)"
-        head_weight = lm_head.plain_weight(model) if ops.C_MATMULS else None
-        if head_weight is not None:  # where the C head beats torch's on this machine
-            timings: lm_head.Timings = {}  # each head kernel timed once for both choices
-            model.c_head_max_rows = lm_head.calibrate(head_weight, timings)
-            weights += f", C LM head up to {model.c_head_max_rows} rows"
-            if lm_head.stored_quantized(model, checkpoint.quantized_weights):
-                weights += lm_head.attach_int8(model, head_weight, timings)
+        # where 4-bit beats bfloat16, and the C heads torch's, on this machine
+        weights += calibration.calibrate(model, weight_format, checkpoint.quantized_weights, ops.C_MATMULS)
         weights += cpu_decode.attach(model)
         block_size = config.block_size
         num_blocks = config.num_kv_blocks or max(

@@ -40,10 +40,15 @@ def calibrate(model: nn.Module, timer: Timer | None = None) -> dict[tuple[int, i
     crossover: dict[tuple[int, int], int] = {}
     for shape, layers in by_shape.items():
         crossover[shape] = _crossover(_streamed_subset(layers), timer, min(crossover.values(), default=ROW_COUNTS[-1]))
-    for layers in by_shape.values():
-        for layer in layers:
-            layer.max_int4_rows = min(crossover.values())
+    limit(model, min(crossover.values()))
     return crossover
+
+
+def limit(model: nn.Module, rows: int) -> None:
+    """Every mixed Int4Linear of `model` multiplies 4-bit up to `rows` rows, its float copy past that."""
+    for module in model.modules():
+        if isinstance(module, Int4Linear) and module.weight is not None:
+            module.max_int4_rows = rows
 
 
 def _crossover(layers: Sequence[Int4Linear], timer: Timer, limit: int) -> int:

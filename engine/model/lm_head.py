@@ -44,7 +44,7 @@ Timings = dict[tuple[str, int], float]  # (kernel name, rows) -> seconds, each t
 @torch.inference_mode()
 def calibrate(weight: torch.Tensor, timings: Timings | None = None) -> int:
     """The largest row count up to which the C kernel was at least as fast as torch's at every
-    count (0: never). The times taken stay in `timings`, if given, for attach_int8."""
+    count (0: never). The times taken stay in `timings`, if given, for int8_rows."""
     if cpu_matmul.bf16_matmul(torch.zeros(1, weight.shape[1], dtype=weight.dtype), weight) is None:
         return 0  # not a shape or CPU the kernel takes
     return _rows_won(weight, ("c", functools.partial(cpu_matmul.bf16_matmul, weight=weight)),
@@ -57,20 +57,15 @@ def stored_quantized(model: nn.Module, quantized_names: frozenset[str]) -> bool:
 
 
 @torch.inference_mode()
-def attach_int8(model: nn.Module, weight: torch.Tensor, timings: Timings | None = None) -> str:
-    """Pack an 8-bit copy of the head and use it up to the row count where it beats both other
-    kernels at every count (their times from calibrate's `timings` where it took them); returns
-    the words for the engine's description ("" when it never wins)."""
+def int8_rows(weight: torch.Tensor, c_head_rows: int, timings: Timings | None = None) -> int:
+    """The row count up to which an 8-bit copy of the head (cpu_matmul.pack_int8) beats both other
+    kernels at every count (their times from calibrate's `timings` where it took them); 0: never."""
     codes, scales = cpu_matmul.pack_int8(weight)
     if cpu_matmul.int8_matmul(torch.zeros(1, weight.shape[1], dtype=weight.dtype), codes, scales) is None:
-        return ""
-    c_kernel = ("c", functools.partial(cpu_matmul.bf16_matmul, weight=weight), model.c_head_max_rows)
-    best = _rows_won(weight, ("int8", functools.partial(cpu_matmul.int8_matmul, codes=codes, scales=scales)),
+        return 0
+    c_kernel = ("c", functools.partial(cpu_matmul.bf16_matmul, weight=weight), c_head_rows)
+    return _rows_won(weight, ("int8", functools.partial(cpu_matmul.int8_matmul, codes=codes, scales=scales)),
                      [_torch_linear(weight), c_kernel], {} if timings is None else timings)
-    if best == 0:
-        return ""
-    model.int8_head, model.int8_head_max_rows = (codes, scales), best
-    return f", 8-bit LM head up to {best} rows"
 
 
 def _torch_linear(weight: torch.Tensor) -> tuple[str, Kernel, int]:

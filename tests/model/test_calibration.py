@@ -1,0 +1,45 @@
+"""Start-up calibration is measured once per machine and model shape, then remembered: a second
+start takes the remembered row limits (measuring nothing) and builds the same engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine import InferenceEngine
+from engine.model import calibration, int4_crossover, lm_head
+from engine.model.int4_linear import Int4Linear
+
+
+def _limits(engine: InferenceEngine) -> tuple:
+    model = engine.core.runner.model
+    int4 = {m.max_int4_rows for m in model.modules() if isinstance(m, Int4Linear) and m.weight is not None}
+    return int4, model.c_head_max_rows, getattr(model, "int8_head_max_rows", None)
+
+
+def test_a_second_start_takes_the_remembered_limits(gguf_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGE_CACHE_DIR", str(tmp_path))  # the C kernels are built afresh there too
+    monkeypatch.delenv("FORGE_RECALIBRATE", raising=False)
+    first = InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16", quantized_weights="mixed")
+    (entry,) = json.loads((tmp_path / "calibration.json").read_text()).values()
+    assert entry["int4_rows"] is not None and entry["c_head_rows"] is not None
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a remembered calibration was measured again")
+
+    monkeypatch.setattr(int4_crossover, "calibrate", measured)
+    monkeypatch.setattr(lm_head, "calibrate", measured)
+    second = InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16", quantized_weights="mixed")
+    assert second.description == first.description
+    assert _limits(second) == _limits(first) and _limits(first)[0] == {entry["int4_rows"]}
+    monkeypatch.setenv("FORGE_RECALIBRATE", "1")
+    with pytest.raises(AssertionError, match="measured again"):
+        InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16", quantized_weights="mixed")
+
+
+@pytest.mark.parametrize("damage", ["not json", "[1, 2]", '{"%s": {"int4_rows": -4}}', '{"%s": {"int4_rows": 1}}'])
+def test_a_damaged_memory_is_measured_again(damage, tmp_path, monkeypatch):
+    monkeypatch.setenv("FORGE_CACHE_DIR", str(tmp_path))
+    (tmp_path / "calibration.json").write_text(damage.replace("%s", "k"))
+    assert calibration._valid(calibration._load().get("k")) is None
