@@ -59,7 +59,7 @@ class EngineConfig:
         return dataclasses.replace(self, **changes)
 
 
-SPECULATIVE_METHODS = ("ngram",)
+SPECULATIVE_METHODS = ("ngram", "suffix")  # suffix: ngram, then the outputs of recent requests
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +74,12 @@ class SpeculativeConfig:
     # No drafts in a step with more running requests than this: a batch that large is bound by
     # compute, not by reading the weights, so verifying drafts would cost what it saves.
     disable_by_batch_size: int = 4
+    suffix_decoding_max_cached_requests: int = 1000  # suffix: how many finished outputs are kept
 
     def __post_init__(self) -> None:
         _choice("speculative method", self.method, SPECULATIVE_METHODS)
-        for name in ("num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max", "disable_by_batch_size"):
+        for name in ("num_speculative_tokens", "prompt_lookup_min", "prompt_lookup_max", "disable_by_batch_size",
+                     "suffix_decoding_max_cached_requests"):
             _positive(name, getattr(self, name))
         if self.prompt_lookup_min > self.prompt_lookup_max:
             raise ValueError(f"prompt_lookup_min ({self.prompt_lookup_min}) is more than prompt_lookup_max "

@@ -247,6 +247,8 @@ class Scheduler:
         request.error_code = error_code if error else 0
         del self.requests[request.rid]
         self.newly_finished.append(request)
+        if self.drafter is not None:
+            self.drafter.finished(request)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if scheduler and block manager disagree (for tests)."""

@@ -5,13 +5,19 @@ greedy or sampled, without logprobs, penalties, min_tokens or a grammar; see ver
 why that keeps its tokens exactly those of decoding without drafts), the step's batch is small
 enough to be bound by reading the weights (`disable_by_batch_size`), and its drafts have been
 accepted often enough lately to pay for the extra tokens the step computes.
+
+A draft is what followed the latest earlier occurrence of the request's own last tokens
+(ngram_proposer.py); with the "suffix" method, when its own text has none, what followed them in
+the output of a recent request (output_cache.py).
 """
 
 from __future__ import annotations
 
 from engine.scheduling.request import Request
 from engine.speculative import ngram_proposer
+from engine.speculative.output_cache import OutputCache
 from shared.config import SpeculativeConfig
+from shared.sampling import FinishReason
 
 MIN_ACCEPTANCE = 0.2  # below this recent acceptance rate a request stops drafting ...
 PROBE_EVERY = 8  # ... except one step in this many, to notice when its text turns repetitive
@@ -43,6 +49,8 @@ class Drafter:
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
         self.accepted_per_position = [0] * config.num_speculative_tokens  # drafts whose token k was accepted
+        self.outputs = (OutputCache(config.suffix_decoding_max_cached_requests, config.prompt_lookup_min,
+                                    config.prompt_lookup_max) if config.method == "suffix" else None)
 
     def draft(self, running: list[Request]) -> int:
         """Set `draft_ids` on the running requests worth drafting for. Returns the draft tokens set."""
@@ -60,11 +68,18 @@ class Drafter:
                 state = request.draft_state = DraftState()
             if not state.wants_draft():
                 continue
-            request.draft_ids = ngram_proposer.propose(
-                request.token_ids, state.index, min(config.num_speculative_tokens, room),
-                config.prompt_lookup_min, config.prompt_lookup_max)
+            num_tokens = min(config.num_speculative_tokens, room)
+            request.draft_ids = ngram_proposer.propose(request.token_ids, state.index, num_tokens,
+                                                       config.prompt_lookup_min, config.prompt_lookup_max)
+            if not request.draft_ids and self.outputs is not None:
+                request.draft_ids = self.outputs.propose(request.token_ids, num_tokens)
             total += len(request.draft_ids)
         return total
+
+    def finished(self, request: Request) -> None:
+        """A request ended: the suffix method keeps its output if it ended as asked."""
+        if self.outputs is not None and request.finish_reason in (FinishReason.STOP, FinishReason.LENGTH):
+            self.outputs.add(request.output_ids)
 
     def record(self, request: Request, num_accepted: int) -> None:
         """Count a verified draft of `request` (its draft_ids) of which `num_accepted` were kept."""

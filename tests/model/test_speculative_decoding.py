@@ -1,8 +1,11 @@
-"""Speculative decoding (n-gram lookup) gives, token for token, what decoding without it gives:
+"""Speculative decoding (n-gram lookup, and suffix: the outputs of earlier requests too) gives,
+token for token, what decoding without it gives:
 tiny random models of three families and the real embedded model, with chunked prompts,
 preemption, stop tokens, and seeded sampled requests (drafted too) sharing steps with greedy ones."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import msgspec
 import pytest
@@ -100,6 +103,20 @@ def test_a_verifier_that_ignores_the_draw_is_caught(monkeypatch):
     expected = _tokens_by_request(tiny("llama"), lambda rid: SAMPLED)
     monkeypatch.setattr(verification, "accepted_tokens", lambda draft, target: [*draft, target[len(draft)]])
     assert _tokens_by_request(tiny("llama", speculative=SPEC), lambda rid: SAMPLED) != expected
+
+
+def test_the_suffix_method_drafts_from_earlier_outputs_and_changes_no_token():
+    """The same prompts twice: the second time their own text has no earlier match at first, but
+    the first run's outputs do, so more draft tokens are accepted."""
+    suffix = dataclasses.replace(SPEC, method="suffix", prompt_lookup_min=2)
+    plain, drafting = tiny("llama"), tiny("llama", speculative=suffix)
+    expected = token_ids(plain, PROMPTS, GREEDY)
+    assert token_ids(drafting, PROMPTS, GREEDY) == expected
+    drafter = drafting.core.scheduler.drafter
+    first_run = drafter.num_accepted_tokens
+    assert token_ids(drafting, PROMPTS, GREEDY) == expected
+    assert drafter.num_accepted_tokens - first_run > first_run
+    assert len(drafter.outputs.outputs) == 2 * len(PROMPTS)
 
 
 @pytest.mark.slow

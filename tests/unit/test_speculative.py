@@ -10,6 +10,7 @@ from engine.scheduling.request import Request
 from engine.scheduling.scheduler import Scheduler
 from engine.speculative import ngram_proposer
 from engine.speculative.drafter import Drafter
+from engine.speculative.output_cache import OutputCache
 from engine.speculative.verification import accepted_tokens
 from shared.config import EngineConfig, SpeculativeConfig
 from shared.sampling import FinishReason, SamplingParams
@@ -43,6 +44,20 @@ def test_index_grows_with_the_sequence():
     assert index.num_indexed == 6
 
 
+def test_the_output_cache_continues_the_longest_latest_match_and_forgets_the_oldest():
+    cache = OutputCache(capacity=2, key_len=2, max_n=4)
+    cache.add([1, 2, 3, 4, 5])
+    cache.add([9, 2, 3, 7, 8])
+    assert cache.propose([0, 2, 3], 3) == [7, 8]  # "2 3" in both: the latest output wins
+    assert cache.propose([1, 2, 3], 3) == [4, 5]  # "1 2 3" matches longer in the first
+    assert cache.propose([5, 6], 3) == [] and cache.propose([3], 3) == []  # no match; shorter than a key
+    cache.add([6, 6, 6])
+    assert list(cache.outputs.values()) == [[9, 2, 3, 7, 8], [6, 6, 6]]
+    assert cache.propose([1, 2, 3], 3) == [7, 8]  # the first output is forgotten ...
+    assert (1, 2) not in cache.index and (3, 4) not in cache.index  # ... and so is its index
+    assert cache.propose([6, 6], 3) == [6]
+
+
 def test_verification_keeps_the_agreeing_prefix_and_the_models_next_token():
     assert accepted_tokens([5, 6, 7], [5, 6, 7, 8]) == [5, 6, 7, 8]
     assert accepted_tokens([5, 6, 7], [5, 9, 7, 8]) == [5, 9]
@@ -54,7 +69,7 @@ def test_speculative_config_parses_vllm_json_and_names_what_is_wrong():
     config = SpeculativeConfig.from_json('{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}')
     assert (config.num_speculative_tokens, config.prompt_lookup_min, config.prompt_lookup_max) == (3, 2, 4)
     assert SpeculativeConfig.from_json(config.to_json()) == config
-    for text, message in [('{"method": "eagle"}', "must be one of ngram"), ("[1]", "JSON object"),
+    for text, message in [('{"method": "eagle"}', "must be one of ngram, suffix"), ("[1]", "JSON object"),
                           ('{"num_speculative_tokens": 0}', "positive"), ("{bad", "not valid JSON"),
                           ('{"prompt_lookup_min": 6}', "more than prompt_lookup_max"),
                           ('{"draft_tokens": 4}', "unknown key(s) draft_tokens")]:
