@@ -35,7 +35,7 @@ sys.path.insert(0, REPO)
 
 from benchmarks.copy_prompts import COPY_PROMPTS
 from engine.loaders import default_model_path
-from tests.e2e.stack import free_port
+from tests.e2e.stack import HttpProbe, free_port
 
 MODEL = "smollm2-135m-instruct"
 LLAMA_SERVER = os.path.expanduser(os.path.join(os.environ.get("FORGE_PEERS_DIR", "~/.cache/forge-peers"),
@@ -117,19 +117,10 @@ def random_bodies() -> list[tuple[str, dict]]:
             for _ in range(64)]
 
 
-def metric(base: str, name: str) -> float:
-    with urllib.request.urlopen(base + "/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            key, _, value = line.rpartition(" ")
-            if key == name:
-                return float(value)
-    return 0.0
-
-
-def acceptance(base: str, before: tuple[float, float]) -> tuple[float, float]:
-    time.sleep(1.5)  # the engine's counters reach /metrics with its next stats
-    return (metric(base, "forge:spec_decode_num_accepted_tokens_total") - before[0],
-            metric(base, "forge:spec_decode_num_draft_tokens_total") - before[1])
+def draft_counters(probe: HttpProbe) -> tuple[float, float]:
+    """(accepted, drafted) tokens so far, from Forge's /metrics."""
+    return (probe.metric("forge:spec_decode_num_accepted_tokens_total"),
+            probe.metric("forge:spec_decode_num_draft_tokens_total"))
 
 
 def run_server(name: str, start, workloads: list[str], repeats: int) -> list[str]:
@@ -142,10 +133,12 @@ def run_server(name: str, start, workloads: list[str], repeats: int) -> list[str
         for workload in workloads:
             bodies, concurrency = (copy_bodies(), 1) if workload == "copy" else (random_bodies(), 16)
             for _ in range(repeats):
-                counters = (metric(base, "forge:spec_decode_num_accepted_tokens_total"),
-                            metric(base, "forge:spec_decode_num_draft_tokens_total"))
+                before = draft_counters(HttpProbe(base)) if "drafts" in name else (0, 0)
                 result = asyncio.run(load(base, bodies, concurrency))
-                accepted, drafted = acceptance(base, counters) if "drafts" in name else (0, 0)
+                if "drafts" in name:
+                    time.sleep(1.5)  # the engine's counters reach /metrics with its next stats
+                after = draft_counters(HttpProbe(base)) if "drafts" in name else (0, 0)
+                accepted, drafted = after[0] - before[0], after[1] - before[1]
                 rate = f"{accepted / drafted:.0%} of {drafted:.0f}" if drafted else "-"
                 rows.append(f"| {name} | {workload} (C={concurrency}) | {result['tok_s']:.1f} | "
                             f"{result['tpot_ms']:.1f} | {result['tokens']} | {rate} |")

@@ -19,7 +19,7 @@ def _limits(engine: InferenceEngine) -> tuple:
 
 
 def test_a_second_start_takes_the_remembered_limits(gguf_path, tmp_path, monkeypatch):
-    monkeypatch.setenv("FORGE_CACHE_DIR", str(tmp_path))  # the C kernels are built afresh there too
+    monkeypatch.setattr(calibration, "_path", lambda: str(tmp_path / "calibration.json"))  # nothing remembered yet
     monkeypatch.delenv("FORGE_RECALIBRATE", raising=False)
     first = InferenceEngine.from_pretrained(gguf_path, dtype="bfloat16", quantized_weights="mixed")
     (entry,) = json.loads((tmp_path / "calibration.json").read_text()).values()
@@ -40,6 +40,6 @@ def test_a_second_start_takes_the_remembered_limits(gguf_path, tmp_path, monkeyp
 
 @pytest.mark.parametrize("damage", ["not json", "[1, 2]", '{"%s": {"int4_rows": -4}}', '{"%s": {"int4_rows": 1}}'])
 def test_a_damaged_memory_is_measured_again(damage, tmp_path, monkeypatch):
-    monkeypatch.setenv("FORGE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(calibration, "_path", lambda: str(tmp_path / "calibration.json"))
     (tmp_path / "calibration.json").write_text(damage.replace("%s", "k"))
     assert calibration._valid(calibration._load().get("k")) is None
