@@ -1,9 +1,9 @@
 """Continuous batching on `num_computed_tokens`: no prefill or decode phase.
 
 Each step spends a token budget over running requests first (decodes cost one token, or one plus
-their draft tokens when speculating, unfinished prompts a chunk), then admits waiting ones. When KV blocks run out the newest running request is
-preempted: its blocks are freed and it is recomputed later (its sampled tokens are kept). Pure
-Python: no torch.
+their draft tokens when speculating, unfinished prompts a chunk), then admits waiting ones. When
+KV blocks run out the newest running request is preempted: its blocks are freed and it is
+recomputed later (its sampled tokens are kept). Pure Python: no torch.
 """
 
 from __future__ import annotations
