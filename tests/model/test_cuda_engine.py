@@ -13,7 +13,7 @@ from engine import InferenceEngine
 from engine.loaders.random_weights import random_checkpoint
 from engine.model.model_config import ModelConfig
 from kernels import cuda
-from shared.config import EngineConfig
+from shared.config import EngineConfig, SpeculativeConfig
 from shared.sampling import SamplingParams
 from tests.kernels.emulator import EmulatedLauncher
 
@@ -67,19 +67,36 @@ def test_decode_graph_buckets_give_the_reference_tokens(reference_tokens, emulat
     with each step replayed eagerly instead of from a recorded CUDA graph."""
     runner = emulated_cuda_engine.core.runner
 
-    def replayed_batch_sizes(max_seq_len: int) -> list[int]:
+    def replayed_batch_sizes(max_seq_len: int, seeded: bool) -> list[int]:
         runner.capture_graphs(max_batch=8, max_seq_len=max_seq_len, capture=lambda step: step)
         sizes, run = [], runner.graphs.run
         runner.graphs.run = lambda *args: (sizes.append(args[3].shape[0]), run(*args))[1]
         assert tokens(emulated_cuda_engine, GREEDY) == reference_tokens["greedy"]
-        assert tokens(emulated_cuda_engine, SEEDED) == reference_tokens["seeded"]
+        if seeded:
+            assert tokens(emulated_cuda_engine, SEEDED) == reference_tokens["seeded"]
         return sizes
 
-    sizes = replayed_batch_sizes(max_seq_len=128)
+    sizes = replayed_batch_sizes(max_seq_len=128, seeded=True)
     assert runner.graphs.buckets == [1, 2, 4, 8]
     assert any(size not in runner.graphs.buckets for size in sizes)  # replays with padding rows
     # the 70-token prompt outgrows 64 tokens of context: its later steps run eagerly
-    assert len(replayed_batch_sizes(max_seq_len=64)) < len(sizes)
+    assert len(replayed_batch_sizes(max_seq_len=64, seeded=False)) < len(sizes)
+
+
+def test_emulated_cuda_kernels_verify_drafts_as_the_reference_decodes(reference_tokens, monkeypatch):
+    """Speculative decoding on the CUDA kernels (eager: draft tokens are extra query rows the
+    paged attention kernel scores causally, beside prompt chunks and decodes): the reference's
+    greedy and seeded tokens."""
+    previous = cuda.use_launcher(EmulatedLauncher())
+    monkeypatch.setattr(kernels, "load", lambda *args: cuda)
+    try:
+        eng = engine("cpu", cuda_graphs=False, speculative=SpeculativeConfig(prompt_lookup_min=1,
+                                                                             disable_by_batch_size=8))
+        assert tokens(eng, GREEDY) == reference_tokens["greedy"]
+        assert tokens(eng, SEEDED) == reference_tokens["seeded"]
+        assert eng.core.scheduler.drafter.num_accepted_tokens > 0
+    finally:
+        cuda.use_launcher(previous)
 
 
 @pytest.fixture(scope="module")
