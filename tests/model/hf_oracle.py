@@ -19,7 +19,7 @@ def hf_greedy(model, prompt_ids: list[int], num_tokens: int, step_logprobs: list
     past = None
     tokens, margins = [], []
     for _ in range(num_tokens):
-        out = model(input_ids=input_ids, use_cache=True, **{cache_arg: past})
+        out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_arg: past})  # the last position's
         logits = out.logits[0, -1].float()
         if step_logprobs is not None:
             step_logprobs.append(logits.log_softmax(-1))
