@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -45,7 +46,8 @@ def test_an_encrypted_stack_serves_and_refuses_workers_without_keys_or_with_a_ta
         assert stack.metric("forge:tokenizer_workers") == 2  # the first 67 serves on
         said = log_path.read_text()
         assert "refused a worker: worker id 67 is in use by a live worker" in said
-        assert "the CURVE handshake failed; it does not speak CURVE" in said  # the keyless 66
+        # the keyless 66: ZeroMQ reports a protocol failure, or (by timing) a handshake broken off
+        assert re.search(r"the CURVE handshake failed; (it does not speak CURVE|the handshake broke off)", said), said
     finally:
         for worker in (intruder, friend):
             worker.kill()
