@@ -21,7 +21,9 @@ class PromptEncoder:
         self.max_model_len = max_model_len
 
     def encode(self, request: GenerateRequest) -> tuple[list[int], str]:
-        """(prompt ids, prompt text) of a generate request."""
+        """(prompt ids, prompt text) of a generate request; its tokens so far (a handed-over
+        request's) must lie in the vocabulary as prompt ids must."""
+        self.checked_ids(request.resume_ids)
         if request.messages is not None:
             text = self.tokenizer.apply_chat_template([template_message(m) for m in request.messages],
                                                       add_generation_prompt=True, tools=request.tools or None)

@@ -193,7 +193,6 @@ class TokenizerWorker:
         try:
             prompt_ids, prompt_text = self.prompts.encode(request)
             params = self.prompts.fitted_params(request, prompt_ids)
-            self.prompts.checked_ids(request.resume_ids)  # a handed-over request's tokens so far
         except ValueError as exc:
             out = TextDeltas()
             add_entry(out, request.rid, "", FinishReason.ERROR, error=str(exc), error_code=400)

@@ -93,6 +93,10 @@ def _cpu_identity() -> str:
         return platform.processor()
 
 
+def cache_root() -> str:
+    """Where Forge keeps what it builds or measures once per machine: $FORGE_CACHE_DIR, else ~/.cache/forge."""
+    return os.environ.get("FORGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "forge")
+
+
 def _cache_dir() -> str:
-    root = os.environ.get("FORGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "forge")
-    return os.path.join(root, "cpu-kernels")
+    return os.path.join(cache_root(), "cpu-kernels")

@@ -44,7 +44,7 @@ def calibrate(model: nn.Module, weight_format: str, quantized_names: frozenset[s
     found = _valid(remembered.get(key))
     if found is None:
         found = _measure(model, weight_format == "mixed", head, int8_head)
-        _store(key, found)
+        _store(remembered, key, found)
     return _apply(model, found, head)
 
 
@@ -102,8 +102,7 @@ def _kernel_build() -> str:
 
 
 def _path() -> str:
-    root = os.environ.get("FORGE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "forge")
-    return os.path.join(root, "calibration.json")
+    return os.path.join(cpu_build.cache_root(), "calibration.json")
 
 
 def _load() -> dict[str, dict]:
@@ -116,10 +115,10 @@ def _load() -> dict[str, dict]:
     return remembered if isinstance(remembered, dict) else {}
 
 
-def _store(key: str, found: Calibration) -> None:
-    """Add one answer (written whole and renamed into place: a concurrent reader sees the old file
-    or the new, and of two concurrent writers one answer may be lost, to be measured again)."""
-    remembered = _load()
+def _store(remembered: dict[str, dict], key: str, found: Calibration) -> None:
+    """Add one answer to those read at start (written whole and renamed into place: a concurrent
+    reader sees the old file or the new, and of two concurrent writers one answer may be lost, to
+    be measured again)."""
     remembered[key] = dataclasses.asdict(found)
     path = _path()
     try:

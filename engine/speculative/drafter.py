@@ -59,9 +59,10 @@ class Drafter:
             return 0
         total = 0
         for request in running:
+            if not request.draftable or request.num_computed_tokens != len(request.token_ids) - 1:
+                continue  # its next token is not the logits' alone, or it is still in its prompt
             room = min(request.length_limit, self.max_model_len) - len(request.token_ids) - 1
-            if (not request.draftable or request.num_computed_tokens != len(request.token_ids) - 1
-                    or room <= 0):
+            if room <= 0:
                 continue
             state = request.draft_state
             if state is None:

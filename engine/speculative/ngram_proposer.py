@@ -39,7 +39,7 @@ def propose(token_ids: list[int], index: TokenIndex, num_tokens: int, min_n: int
             continue
         if count > MAX_CANDIDATES:
             break
-        length = _match_length(token_ids, end, last, max_n)
+        length = match_length(token_ids, end, token_ids, last, max_n)
         if length > best_length:
             best_length, best_end = length, end
             if length == max_n:
@@ -49,9 +49,11 @@ def propose(token_ids: list[int], index: TokenIndex, num_tokens: int, min_n: int
     return token_ids[best_end + 1:best_end + 1 + num_tokens]
 
 
-def _match_length(token_ids: list[int], end: int, last: int, max_n: int) -> int:
-    """How many tokens (at most max_n) ending at `end` equal those ending at `last`."""
-    length = 1  # token_ids[end] == token_ids[last]: the index found it there
-    while length < max_n and end - length >= 0 and token_ids[end - length] == token_ids[last - length]:
+def match_length(earlier: list[int], end: int, sequence: list[int], last: int, max_n: int) -> int:
+    """How many tokens (at most max_n) ending at earlier[end] equal those ending at sequence[last],
+    given that those two are equal (an index found them)."""
+    length = 1
+    while (length < max_n and end - length >= 0 and last - length >= 0
+           and earlier[end - length] == sequence[last - length]):
         length += 1
     return length

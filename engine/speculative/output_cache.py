@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 
+from engine.speculative.ngram_proposer import match_length
+
 MAX_CANDIDATES = 64  # matches examined a lookup, latest first: bounds its cost
 
 
@@ -47,10 +49,7 @@ class OutputCache:
             if count >= MAX_CANDIDATES:
                 break
             tokens = self.outputs[output_id]
-            length = self.key_len
-            while (length < self.max_n and length < len(token_ids) and end - length >= 0
-                   and tokens[end - length] == token_ids[-1 - length]):
-                length += 1
+            length = match_length(tokens, end, token_ids, len(token_ids) - 1, self.max_n)
             if length > best_length:
                 best_length, best = length, (tokens, end)
                 if length == self.max_n:
