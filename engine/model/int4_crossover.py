@@ -1,8 +1,9 @@
 """Where the 4-bit kernel beats bfloat16, measured on this machine at start-up ("mixed" weights).
 
-The int4 kernel reads a quarter of the bytes but does more arithmetic per weight, so it wins at
-few rows and loses at many; where it stops winning depends on the CPU (seen: 16 rows on an AMD
-EPYC, fewer on a Xeon with AMX, whose bfloat16 matmuls are faster). For each weight shape the
+The int4 kernel reads a quarter of the bytes but does other arithmetic per weight, so it may win
+at few rows and lose at many; where it stops winning depends on the CPU and the kernel (seen: 16
+rows on an AMD EPYC with the bfloat16-dot kernel, fewer on a Xeon with AMX, whose bfloat16 matmuls
+are faster; every count up to 512 with the integer kernel on a Xeon without AMX). For each weight shape the
 model has, both paths are timed over that shape's layers in turn (enough of them to overflow the
 caches, as in a real step), at growing row counts, up to the largest row count at which 4-bit
 was faster at every count so far. The model then switches as a whole at the smallest of those:
@@ -21,8 +22,9 @@ from torch import nn
 from engine.model.int4_linear import Int4Linear
 from engine.stopwatch import best_of
 
-ROW_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)
+ROW_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512)  # 512: the default token budget of a step
 STREAM_BYTES = 64 << 20  # time over at least this much float weight per shape: more than any L3
+STREAMED_ROWS = 64  # past this many rows both paths are compute-bound: one layer of a shape times them
 REPEATS = 3  # best of: the machine is shared and noisy
 
 Timer = Callable[[Sequence[Int4Linear], int, bool], float]  # (layers, rows, use_int4) -> seconds
@@ -56,7 +58,8 @@ def _crossover(layers: Sequence[Int4Linear], timer: Timer, limit: int) -> int:
     (0: never)."""
     best = 0
     for rows in (r for r in ROW_COUNTS if r <= limit):
-        if timer(layers, rows, True) > timer(layers, rows, False):
+        timed = layers if rows <= STREAMED_ROWS else layers[:1]
+        if timer(timed, rows, True) > timer(timed, rows, False):
             break
         best = rows
     return best

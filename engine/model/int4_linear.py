@@ -3,9 +3,11 @@
 Two kernels multiply bfloat16 activations by 4-bit codes with one scale and min per 32 inputs
 (value = code * scale + min, which holds Q4_0, Q4_1 and Q4_K weights without requantizing): 5
 bits a weight instead of 16. With the CPU kernels (kernels=cpu), Forge's own C kernel
-(kernels/cpu_matmul.py), which multiplies the exact weights with bfloat16 dot products and
-float32 sums, dequantizing nothing; otherwise torch's (`_weight_int4pack_mm_for_cpu`, scales and
-mins rounded to bfloat16), which turns compute-bound after a few rows. benchmarks/cpu_matmul.py
+(kernels/cpu_matmul.py), which multiplies the exact weights by the activations quantized per group
+of 32 in two 8-bit terms (integer dot products, at about a bfloat16 rounding), dequantizing
+nothing; otherwise torch's
+(`_weight_int4pack_mm_for_cpu`, bfloat16 activations, scales and mins rounded to bfloat16), which
+turns compute-bound after a few rows. benchmarks/cpu_matmul.py
 compares them on the machine at hand. "mixed" keeps a float copy too and uses it for steps with
 more rows than the 4-bit path wins at, measured per shape at start-up
 (engine/model/int4_crossover.py). Float32 and float16 activations: not taken.
@@ -34,8 +36,8 @@ class Int4Linear(nn.Module):
         self.c_kernel = c_kernel
         groups = in_features // GROUP_SIZE
         if c_kernel:  # see kernels/cpu_matmul.py
-            self.register_buffer("packed", torch.empty(out_features // PACK_ROWS, in_features // 2, PACK_ROWS,
-                                                       dtype=torch.uint8))  # [N/16, K/2, 16]
+            self.register_buffer("packed", torch.empty(out_features // PACK_ROWS, in_features // 8, 4 * PACK_ROWS,
+                                                       dtype=torch.uint8))  # [N/16, K/8, 64]
             self.register_buffer("group_params", torch.empty(out_features // PACK_ROWS, groups, 2, PACK_ROWS,
                                                              dtype=torch.int16))  # [N/16, K/32, 2, 16] float16 bits
         else:  # torch's layout; the params are cast with the model (to bfloat16)

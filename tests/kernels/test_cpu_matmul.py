@@ -1,5 +1,7 @@
-"""The C 4-bit matmul (kernels/csrc/cpu/int4_matmul.c) against a float64 oracle and its torch
-reference, on this machine's build and on a build without AVX-512 (its portable branch)."""
+"""The C 4-bit matmul (kernels/csrc/cpu/int4_matmul.c) against its torch reference (the same 8-bit
+activations, float64 sums) and a float64 oracle of the unquantized product, on this machine's build
+and on a build without AVX-512 (its portable branch); the C 8-bit and bfloat16 matmuls against
+float64 and torch."""
 
 from __future__ import annotations
 
@@ -42,26 +44,43 @@ def test_packing_keeps_every_code_scale_and_min():
     generator = torch.Generator().manual_seed(0)
     codes, scales, mins = _random_weight(48, 96, generator)
     packed, params = cpu_matmul.pack_int4(codes, scales, mins)
-    assert packed.shape == (3, 48, 16) and params.shape == (3, 3, 2, 16)
+    assert packed.shape == (3, 12, 64) and params.shape == (3, 3, 2, 16)
     assert torch.equal(cpu_matmul.dequantize_int4(packed, params), _dense(codes, scales, mins).float())
+    assert packed[1, 2, 4 * 5 + 3] == codes[16 + 5, 8 * 2 + 3] | (codes[16 + 5, 8 * 2 + 4 + 3] << 4)  # the layout
 
 
-# rows: 1 and 7 (fewer than a chunk), 16 (one whole chunk), 17 and 40 (several chunks, the last partial)
-@pytest.mark.parametrize("rows", [1, 7, 16, 17, 40])
+def test_activations_are_quantized_per_group_of_32_in_two_8_bit_terms():
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(0)).bfloat16()  # [3, 96]
+    x[1, 32:64] = 0  # a group of zeros
+    high, low, d, sums = cpu_matmul.quantize_activations(x)
+    assert high.dtype == low.dtype == torch.int8 and high.abs().max() == 127 and d.shape == sums.shape == (3, 3)
+    assert d[1, 1] == 0 and not high[1, 32:64].any() and not low[1, 32:64].any()
+    groups = x.float().view(3, 3, 32)
+    coarse = high.float().view(3, 3, 32) * d[..., None]
+    assert ((coarse - groups).abs() <= d[..., None] / 2 * 1.0001).all()  # one term: half a step of d
+    both = coarse + low.float().view(3, 3, 32) * d[..., None] / 256
+    assert ((both - groups).abs() <= d[..., None] / 512 * 1.01).all()  # two: half a step of d / 256
+    assert torch.allclose(sums, groups.sum(-1))
+
+
+# rows: 1 and 7 (fewer than a chunk), 8 (one whole chunk), 17 and 40 (several chunks, the last partial)
+@pytest.mark.parametrize("rows", [1, 7, 8, 17, 40])
 @pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
-def test_matmul_matches_float64_and_its_torch_reference(rows, with_bias):
+def test_matmul_matches_its_reference_and_float64(rows, with_bias):
     generator = torch.Generator().manual_seed(rows)
     codes, scales, mins = _random_weight(64, 160, generator)
     packed, params = cpu_matmul.pack_int4(codes, scales, mins)
     bias = torch.randn(64, generator=generator).bfloat16() if with_bias else None
     x = torch.randn(rows, 200, generator=generator).bfloat16()[:, :160]  # [rows, 160], rows 200 apart
     got = cpu_matmul.int4_matmul(x, packed, params, bias)  # [rows, 64]
-    weight = _dense(codes, scales, mins)  # the exact weights it multiplies
-    expected = x.double() @ weight.t() + (0 if bias is None else bias.double())
     assert got.shape == (rows, 64) and got.dtype == torch.bfloat16
-    assert (got.double() - expected).abs().max() <= 2 ** -8 * expected.abs().max()  # one bfloat16 rounding
-    reference = cpu_matmul.reference_int4_matmul(x, packed, params, bias)
-    assert (got.float() != reference.float()).float().mean() < 0.05  # float32 sums in another order: rare ulps
+    reference = cpu_matmul.reference_int4_matmul(x, packed, params, bias)  # the same 8-bit activations
+    assert (got.float() - reference.float()).abs().max() <= 2 ** -8 * reference.float().abs().max()
+    assert (got.float() != reference.float()).float().mean() < 0.05  # float32 steps: rare last bits
+    weight = _dense(codes, scales, mins)  # the exact weights it multiplies
+    exact = x.double() @ weight.t() + (0 if bias is None else bias.double())
+    # the two-term activations are off by 1/65,000 of a group's largest: the output's bfloat16 rounding remains
+    assert (got.double() - exact).abs().max() <= 2 ** -8 * exact.abs().max()
 
 
 def test_shapes_it_does_not_take_are_refused_by_name():
@@ -81,7 +100,8 @@ def test_shapes_it_does_not_take_are_refused_by_name():
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_the_portable_branch_computes_the_same(tmp_path: pathlib.Path):
     """The whole library built for a CPU without AVX-512 (cpu_build's flags, another -march): it
-    builds, and the 4-bit matmul's one-lane-at-a-time branch computes the same."""
+    builds, and the 4-bit matmul's one-lane-at-a-time branch computes the same (the same 8-bit
+    terms and integer sums; float32 steps in another order)."""
     library = tmp_path / "portable.so"
     sources = sorted(str(p) for p in pathlib.Path(cpu_build.SOURCE_DIR).glob("*.c"))
     flags = [flag if flag != "-march=native" else "-march=x86-64-v2" for flag in cpu_build.FLAGS]

@@ -50,7 +50,7 @@ def test_a_fused_int4_layer_matches_its_dequantized_weight(symmetric, num_tokens
     expected = x.double() @ weight.t()  # [T, 128]
     got = layer(x)
     assert got.shape == (num_tokens, 128) and got.dtype == torch.bfloat16
-    # bfloat16 weights (C) or scales and zeros (torch), and output: about 3 significant digits
+    # bfloat16 scales and zeros (torch), and output: about 3 significant digits
     assert (got.double() - expected).abs().max() <= 1e-2 * expected.abs().max()
 
 

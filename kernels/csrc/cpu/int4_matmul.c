@@ -1,19 +1,24 @@
 // out = x @ W^T for a weight kept as 4-bit codes, value = code * scale + min per group of 32
 // inputs (GGUF's Q4_0, Q4_1 and Q4_K hold this form), bfloat16 activations and outputs.
 //
-// No weight is dequantized. Each code becomes the bfloat16 value 128 + code by ORing it into the
-// mantissa of 128, and AVX-512 BF16 dot products (two products a lane, float32 sums) give, per
-// group, D = x . (128 + code); then x . w = scale * D + (min - 128 * scale) * sum(x), sum(x) over
-// the group's inputs, computed once per call. That is the exact weights' product (no bfloat16
-// rounding of code * scale + min) at about half the instructions a weight of dequantizing first.
+// No weight is dequantized, and the products are integer: each activation row is quantized per
+// group of 32 inputs to 8 bits (d = the group's largest magnitude / 127, q = round(x / d), as
+// llama.cpp's Q8 blocks), and AVX-512 VNNI dot products of the unsigned codes with the signed q
+// (four products a lane, int32 sums) give, per group, D = sum(code * q), exact. Then
+// x . w = scale * d * D + min * sum(x), sum(x) the group's float sum of the unquantized inputs.
+// Beside the bfloat16 dot products this replaces (two products a lane, each code widened to a
+// bfloat16 first), a VNNI instruction does twice the products and a code costs a quarter of the
+// unpacking; the price is the activations' 8-bit rounding (a relative error of about 1/254 of a
+// group's largest input).
 // Lanes run across output rows, not along the inputs, so no sum is reduced across lanes: a tile
-// is 16 output rows, lane i its row i, and each step takes one input pair (k, k+1) of all 16 rows,
-// for up to 16 activation rows at once (their sums held in registers).
+// is 16 output rows, lane i its row i, and each step takes four inputs of all 16 rows, for up to
+// 8 activation rows at once (their sums held in registers).
 //
 // Layout (kernels/cpu_matmul.py packs it), per tile of 16 output rows:
-//   codes  [K/2][16] bytes: for input pair p, byte j holds in its low nibble the code of row j/2,
-//          input 2p + j%2, in its high nibble that of row 8 + j/2, input 2p + j%2;
+//   codes  [K/8][64] bytes: for inputs 8s..8s+7, byte 4i + b holds in its low nibble the code of
+//          row i, input 8s + b, in its high nibble that of row i, input 8s + 4 + b;
 //   params [K/32][2][16] float16: per group, the 16 rows' scales, then their mins.
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,71 +26,105 @@
 #include "bf16.h"
 #include "kernels.h"
 
-#define TILE 16       // output rows per tile: one float32 lane each
-#define GROUP 32      // inputs per scale and min
-#define MAX_CHUNK 16  // activation rows at once
+#define TILE 16      // output rows per tile: one float32 lane each
+#define GROUP 32     // inputs per scale and min, and per activation scale
+#define MAX_CHUNK 8  // activation rows at once (8 int32 and 8 float32 sums in registers)
 
-#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AVX512BF16__)
 #include <immintrin.h>
 #define VECTORIZED 1
 
-// The 32 codes of input pair p of a tile as bfloat16 values 128 + code: low nibbles (rows 0-7)
-// first, then high nibbles (rows 8-15), so a dot product's lane i sums row i's inputs 2p and 2p+1.
-static inline __m512bh biased_codes(const uint8_t* codes) {
-    const __m128i packed = _mm_loadu_si128((const __m128i*)codes);
-    const __m256i nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
-                                             _mm256_set1_epi8(0x0f));
-    return (__m512bh)_mm512_or_si512(_mm512_cvtepu8_epi16(nibbles), _mm512_set1_epi16(0x4300));
+// A group of 32 inputs quantized in two 8-bit terms: x ~ d * (high + low / 256), high and low [32]
+// int8, and *sum, the float sum of x. d = largest magnitude / 127; high = x * (1 / d) rounded half
+// to even; low = (x - high * d) * (256 / d) rounded, |low| <= 128 clamped to 127 (as
+// kernels/cpu_matmul.py's reference computes them); a group of zeros has d = 0 and both terms 0.
+static inline __m512 bf16_lanes(const uint16_t* x) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)x)), 16));
+}
+
+static inline void quantize_half(__m512 x, __m512 d, __m512 inverse, int8_t* high, int8_t* low) {
+    const __m512i rounded = _mm512_cvtps_epi32(_mm512_mul_ps(x, inverse));
+    const __m512 rest = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(rounded), d, x);
+    _mm_storeu_si128((__m128i*)high, _mm512_cvtsepi32_epi8(rounded));
+    const __m512i fine = _mm512_cvtps_epi32(_mm512_mul_ps(rest, _mm512_mul_ps(inverse, _mm512_set1_ps(256.0f))));
+    _mm_storeu_si128((__m128i*)low, _mm512_cvtsepi32_epi8(_mm512_min_epi32(fine, _mm512_set1_epi32(127))));
+}
+
+static inline void quantize_group(const uint16_t* x, int8_t* high, int8_t* low, float* d, float* sum) {
+    const __m512 first = bf16_lanes(x), second = bf16_lanes(x + 16);
+    *d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(first), _mm512_abs_ps(second))) / 127.0f;
+    const __m512 scale = _mm512_set1_ps(*d), inverse = _mm512_set1_ps(*d > 0.0f ? 1.0f / *d : 0.0f);
+    quantize_half(first, scale, inverse, high, low);
+    quantize_half(second, scale, inverse, high + 16, low + 16);
+    *sum = _mm512_reduce_add_ps(_mm512_add_ps(first, second));
+}
+
+// Four int8 inputs broadcast to every lane.
+static inline __m512i input_quad(const int8_t* q) {
+    int32_t quad;
+    memcpy(&quad, q, 4);
+    return _mm512_set1_epi32(quad);
 }
 
 // ROWS activation rows (a constant after inlining: the sums stay in registers) against one tile;
-// x_sums [ROWS][K/32] the rows' group sums.
+// high and low [ROWS][K] the rows' two terms, d and x_sums [ROWS][K/32].
 static inline __attribute__((always_inline)) void tile_rows(
-        const int ROWS, const uint16_t* x, int64_t x_stride, int K, const uint8_t* codes, const uint16_t* params,
-        const float* x_sums, const uint16_t* bias, uint16_t* out, int64_t out_stride) {
+        const int ROWS, const int8_t* high, const int8_t* low, int64_t q_stride, int K, const float* d,
+        const float* x_sums, const uint8_t* codes, const uint16_t* params, const uint16_t* bias, uint16_t* out,
+        int64_t out_stride) {
     const int groups = K / GROUP;
+    const __m512i low_nibble = _mm512_set1_epi8(0x0f);
     __m512 sum[MAX_CHUNK];
-#pragma GCC unroll 16
+#pragma GCC unroll 8
     for (int r = 0; r < ROWS; r++) sum[r] = _mm512_setzero_ps();
     for (int g = 0; g < groups; g++) {
         const uint16_t* group_params = params + (int64_t)g * 2 * TILE;
         const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)group_params));
         const __m512 min = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(group_params + TILE)));
-        const __m512 offset = _mm512_fnmadd_ps(_mm512_set1_ps(128.0f), scale, min);  // min - 128 * scale
-        __m512 dot[MAX_CHUNK];
-#pragma GCC unroll 16
-        for (int r = 0; r < ROWS; r++) dot[r] = _mm512_setzero_ps();
-        for (int p = g * GROUP / 2; p < (g + 1) * GROUP / 2; p++) {
-            const __m512bh w = biased_codes(codes + (int64_t)p * TILE);
-#pragma GCC unroll 16
-            for (int r = 0; r < ROWS; r++) dot[r] = _mm512_dpbf16_ps(dot[r], w, bf16_pair_lanes(x + r * x_stride, 2 * p));
+        __m512i dot_high[MAX_CHUNK], dot_low[MAX_CHUNK];
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; r++) dot_high[r] = dot_low[r] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int s = 0; s < GROUP / 8; s++) {
+            const __m512i packed = _mm512_loadu_si512(codes + ((int64_t)g * GROUP / 8 + s) * 64);
+            const __m512i first = _mm512_and_si512(packed, low_nibble);                         // inputs 8s..8s+3
+            const __m512i second = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_nibble);  // 8s+4..8s+7
+#pragma GCC unroll 8
+            for (int r = 0; r < ROWS; r++) {
+                const int64_t at = r * q_stride + g * GROUP + 8 * s;
+                dot_high[r] = _mm512_dpbusd_epi32(dot_high[r], first, input_quad(high + at));
+                dot_high[r] = _mm512_dpbusd_epi32(dot_high[r], second, input_quad(high + at + 4));
+                dot_low[r] = _mm512_dpbusd_epi32(dot_low[r], first, input_quad(low + at));
+                dot_low[r] = _mm512_dpbusd_epi32(dot_low[r], second, input_quad(low + at + 4));
+            }
         }
-#pragma GCC unroll 16
-        for (int r = 0; r < ROWS; r++)
-            sum[r] = _mm512_fmadd_ps(offset, _mm512_set1_ps(x_sums[r * groups + g]),
-                                     _mm512_fmadd_ps(dot[r], scale, sum[r]));
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; r++) {
+            // 256 * high + low: at most 15 * 32 * (256 * 127 + 128) < 2^24, exact in float32
+            const __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(dot_high[r], 8), dot_low[r]);
+            const __m512 row_scale = _mm512_mul_ps(scale, _mm512_set1_ps(d[r * groups + g] * (1.0f / 256.0f)));
+            sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), row_scale, sum[r]);
+            sum[r] = _mm512_fmadd_ps(min, _mm512_set1_ps(x_sums[r * groups + g]), sum[r]);
+        }
     }
-#pragma GCC unroll 16
+#pragma GCC unroll 8
     for (int r = 0; r < ROWS; r++) store_bf16_lanes(sum[r], bias, out + r * out_stride);
 }
 
-#define CASE(n) case n: tile_rows(n, x, x_stride, K, codes, params, x_sums, bias, out, out_stride); break;
+#define CASE(n) case n: tile_rows(n, high, low, q_stride, K, d, x_sums, codes, params, bias, out, out_stride); break;
 
-static void chunk(int rows, const uint16_t* x, int64_t x_stride, int K, const uint8_t* codes, const uint16_t* params,
-                  const float* x_sums, const uint16_t* bias, uint16_t* out, int64_t out_stride) {
-    switch (rows) {
-        CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
-        CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
-    }
+static void chunk(int rows, const int8_t* high, const int8_t* low, int64_t q_stride, int K, const float* d,
+                  const float* x_sums, const uint8_t* codes, const uint16_t* params, const uint16_t* bias,
+                  uint16_t* out, int64_t out_stride) {
+    switch (rows) { CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) }
 }
 
-#else  // no AVX-512 BF16: the exact weights one lane at a time (the sums in another order)
+#else  // no AVX-512 VNNI: the same integer sums and float steps, a lane at a time
 #define VECTORIZED 0
 
-static inline float half_to_float(uint16_t h) {
+static float half_to_float(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1fu;
-    uint32_t mantissa = h & 0x3ffu;
-    uint32_t bits;
+    uint32_t mantissa = h & 0x3ffu, bits;
     if (exponent == 0x1fu) {
         bits = sign | 0x7f800000u | (mantissa << 13);
     } else if (exponent != 0) {
@@ -102,40 +141,60 @@ static inline float half_to_float(uint16_t h) {
     return f;
 }
 
-// The 16 rows' weights at input pair p of a tile: w[2 * row + (k % 2)].
-static void weights_of_pair(const uint8_t* codes, const uint16_t* params, float w[2 * TILE]) {
-    for (int j = 0; j < TILE; j++) {
-        const int lo_row = j / 2, hi_row = TILE / 2 + j / 2;
-        w[2 * lo_row + j % 2] = (float)(codes[j] & 0x0f) * half_to_float(params[lo_row]) + half_to_float(params[TILE + lo_row]);
-        w[2 * hi_row + j % 2] = (float)(codes[j] >> 4) * half_to_float(params[hi_row]) + half_to_float(params[TILE + hi_row]);
+// quantize_group as the vectorized branch's, the sum in another order.
+static void quantize_group(const uint16_t* x, int8_t* high, int8_t* low, float* d, float* sum) {
+    float values[GROUP], largest = 0.0f, total = 0.0f;
+    for (int k = 0; k < GROUP; k++) {
+        values[k] = bf16_to_float(x[k]);
+        largest = fmaxf(largest, fabsf(values[k]));
     }
+    *d = largest / 127.0f;
+    const float inverse = *d > 0.0f ? 1.0f / *d : 0.0f;
+    for (int k = 0; k < GROUP; k++) {
+        const float rounded = nearbyintf(values[k] * inverse);
+        high[k] = (int8_t)rounded;
+        low[k] = (int8_t)fminf(nearbyintf(fmaf(-rounded, *d, values[k]) * (inverse * 256.0f)), 127.0f);
+        total += values[k];
+    }
+    *sum = total;
 }
 
-static void chunk(int rows, const uint16_t* x, int64_t x_stride, int K, const uint8_t* codes, const uint16_t* params,
-                  const float* x_sums, const uint16_t* bias, uint16_t* out, int64_t out_stride) {
-    (void)x_sums;
-    float sum[MAX_CHUNK][TILE] = {{0}};
-    float w[2 * TILE];
-    for (int p = 0; p < K / 2; p++) {
-        weights_of_pair(codes + (int64_t)p * TILE, params + (int64_t)(2 * p / GROUP) * 2 * TILE, w);
-        for (int r = 0; r < rows; r++) {
-            const float x0 = bf16_to_float(x[r * x_stride + 2 * p]), x1 = bf16_to_float(x[r * x_stride + 2 * p + 1]);
-            for (int i = 0; i < TILE; i++) sum[r][i] += w[2 * i] * x0 + w[2 * i + 1] * x1;
-        }
-    }
+// The code of tile row i, input k, from the tile's codes.
+static int code_at(const uint8_t* codes, int i, int k) {
+    const uint8_t byte = codes[(int64_t)(k / 8) * 64 + 4 * i + k % 4];
+    return k % 8 < 4 ? byte & 0x0f : byte >> 4;
+}
+
+static void chunk(int rows, const int8_t* high, const int8_t* low, int64_t q_stride, int K, const float* d,
+                  const float* x_sums, const uint8_t* codes, const uint16_t* params, const uint16_t* bias,
+                  uint16_t* out, int64_t out_stride) {
+    const int groups = K / GROUP;
     for (int r = 0; r < rows; r++)
-        for (int i = 0; i < TILE; i++)
-            out[r * out_stride + i] = bf16_from_float(sum[r][i] + (bias ? bf16_to_float(bias[i]) : 0.0f));
+        for (int i = 0; i < TILE; i++) {
+            float sum = 0.0f;
+            for (int g = 0; g < groups; g++) {
+                int32_t dot = 0;
+                for (int k = g * GROUP; k < (g + 1) * GROUP; k++)
+                    dot += code_at(codes, i, k) * (256 * high[r * q_stride + k] + low[r * q_stride + k]);
+                const float scale = half_to_float(params[(int64_t)g * 2 * TILE + i]);
+                const float min = half_to_float(params[(int64_t)g * 2 * TILE + TILE + i]);
+                sum = fmaf((float)dot, scale * (d[r * groups + g] * (1.0f / 256.0f)), sum);
+                sum = fmaf(min, x_sums[r * groups + g], sum);
+            }
+            out[r * out_stride + i] = bf16_from_float(sum + (bias ? bf16_to_float(bias[i]) : 0.0f));
+        }
 }
 #endif
 
-// x_sums [rows][K/32]: each row's sum over each group of 32 inputs, in float32.
-static void group_sums(const uint16_t* x, int64_t x_stride, int rows, int K, float* x_sums) {
+// Each row's groups quantized: high and low [rows][K] int8, d and sums [rows][K/32].
+static void quantize_rows(const uint16_t* x, int64_t x_stride, int rows, int K, int8_t* high, int8_t* low, float* d,
+                          float* sums) {
+    const int groups = K / GROUP;
+#pragma omp parallel for schedule(static) if (rows > 16)
     for (int r = 0; r < rows; r++)
-        for (int g = 0; g < K / GROUP; g++) {
-            float total = 0.0f;
-            for (int k = g * GROUP; k < (g + 1) * GROUP; k++) total += bf16_to_float(x[r * x_stride + k]);
-            x_sums[r * (K / GROUP) + g] = total;
+        for (int g = 0; g < groups; g++) {
+            const int64_t at = (int64_t)r * K + g * GROUP, group = (int64_t)r * groups + g;
+            quantize_group(x + r * x_stride + g * GROUP, high + at, low + at, d + group, sums + group);
         }
 }
 
@@ -146,21 +205,29 @@ int int4_matmul(const uint16_t* x, int64_t x_stride, int rows, int K, const uint
                 const uint16_t* bias, int N, uint16_t* out, int64_t out_stride) {
     if (K % GROUP || N % TILE || rows < 0) return -1;
     const int tiles = N / TILE, groups = K / GROUP;
-    float* x_sums = malloc(sizeof(float) * ((size_t)rows * groups + 1));
-    if (!x_sums) return -2;
-    group_sums(x, x_stride, rows, K, x_sums);
+    int8_t* high = malloc(2 * (size_t)rows * K + 1);
+    float* d = malloc(sizeof(float) * (2 * (size_t)rows * groups + 1));
+    if (!high || !d) {
+        free(high);
+        free(d);
+        return -2;
+    }
+    int8_t* low = high + (size_t)rows * K;
+    float* x_sums = d + (size_t)rows * groups;
+    quantize_rows(x, x_stride, rows, K, high, low, d, x_sums);
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < tiles; t++) {
         const uint8_t* tile_codes = codes + (int64_t)t * TILE * (K / 2);
         const uint16_t* tile_params = params + (int64_t)t * groups * 2 * TILE;
         for (int r = 0; r < rows; r += MAX_CHUNK)
-            chunk(rows - r < MAX_CHUNK ? rows - r : MAX_CHUNK, x + r * x_stride, x_stride, K, tile_codes, tile_params,
-                  x_sums + (int64_t)r * groups, bias ? bias + t * TILE : NULL, out + r * out_stride + t * TILE,
-                  out_stride);
+            chunk(rows - r < MAX_CHUNK ? rows - r : MAX_CHUNK, high + (int64_t)r * K, low + (int64_t)r * K, K, K,
+                  d + (int64_t)r * groups, x_sums + (int64_t)r * groups, tile_codes, tile_params,
+                  bias ? bias + t * TILE : NULL, out + r * out_stride + t * TILE, out_stride);
     }
-    free(x_sums);
+    free(high);
+    free(d);
     return 0;
 }
 
-// 1 when built with AVX-512 BF16; 0 for the portable branch, far slower than torch's int4 kernel.
+// 1 when built with AVX-512 VNNI and BF16; 0 for the portable branch, far slower than torch's int4 kernel.
 int int4_matmul_vectorized(void) { return VECTORIZED; }
