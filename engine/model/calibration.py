@@ -40,8 +40,8 @@ def calibrate(model: nn.Module, weight_format: str, quantized_names: frozenset[s
     if weight_format != "mixed" and head is None:
         return ""
     key = _key(model, weight_format, head, int8_head)
-    remembered = {} if os.environ.get("FORGE_RECALIBRATE") else _load()
-    found = _valid(remembered.get(key))
+    remembered = _load()
+    found = None if os.environ.get("FORGE_RECALIBRATE") else _valid(remembered.get(key))
     if found is None:
         found = _measure(model, weight_format == "mixed", head, int8_head)
         _store(remembered, key, found)

@@ -37,9 +37,13 @@ def test_a_second_start_takes_the_remembered_limits(gguf_path, tmp_path, monkeyp
     assert len(measured) == 1, "a remembered calibration was measured again"
     assert second.description == first.description and "4-bit up to 3 rows" in first.description
     assert _limits(second) == _limits(first) == ({3}, 5, 2)
+    remembered = json.loads((tmp_path / "calibration.json").read_text())
+    (tmp_path / "calibration.json").write_text(json.dumps({**remembered, "another model": entry}))
     monkeypatch.setenv("FORGE_RECALIBRATE", "1")
     calibration.calibrate(second.core.runner.model, "mixed", frozenset(), c_matmuls=True)
     assert len(measured) == 2
+    assert json.loads((tmp_path / "calibration.json").read_text())["another model"] == entry, \
+        "measuring again forgot another model's answer"
 
 
 @pytest.mark.parametrize("damage", ["not json", "[1, 2]", '{"%s": {"int4_rows": -4}}', '{"%s": {"int4_rows": 1}}'])
