@@ -6,8 +6,8 @@
 4-bit layers: one pass over the 120 weight matrices of SmolLM2-135M's 30 layers (q/k/v, o,
 gate/up, down; random codes, scales and mins), ms per pass for Forge's C kernel, torch's int4
 kernel (`_weight_int4pack_mm_for_cpu`, what `--kernels ref` runs) and bfloat16 matmuls of the
-same weights dequantized (the float copy of "mixed"). LM head: the 49,152 x 576 bfloat16 head,
-ms per call, the C kernel against torch's linear. Best of 3 passes; all on one thread of torch
+same weights dequantized (the float copy of "mixed"). LM head: the 49,152 x 576 head, ms per call,
+the C kernels on its 8-bit (Q8_0) copy and on the bfloat16 weight against torch's linear. Best of 3 passes; all on one thread of torch
 work (engine/compute_thread.py), as in the engine.
 """
 
@@ -55,8 +55,9 @@ def layer_weights(generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
 def run(rows_list: list[int]) -> None:
     layers = layer_weights(torch.Generator().manual_seed(0))
     head = torch.randn(*HEAD_SHAPE).bfloat16()  # [vocab, hidden]
-    print("| rows | 4-bit layers: C | torch int4 | bfloat16 matmuls | LM head: C | torch |")
-    print("|---|---|---|---|---|---|")
+    head_int8 = cpu_matmul.pack_int8(head)  # (codes, params): its Q8_0 copy
+    print("| rows | 4-bit layers: C | torch int4 | bfloat16 matmuls | LM head: C 8-bit | C bfloat16 | torch |")
+    print("|---|---|---|---|---|---|---|")
     for rows in rows_list:
         x = {k: torch.randn(rows, k).bfloat16() for k in {k for _, k in LAYER_SHAPES}}  # [rows, K]
         c = best_ms(lambda x=x: [cpu_matmul.int4_matmul(x[w["float"].shape[1]], w["packed"], w["params"]) for w in layers])
@@ -64,9 +65,10 @@ def run(rows_list: list[int]) -> None:
                                                                w["torch_params"]) for w in layers])
         f = best_ms(lambda x=x: [torch.nn.functional.linear(x[w["float"].shape[1]], w["float"]) for w in layers])
         h_in = torch.randn(rows, HEAD_SHAPE[1]).bfloat16()
+        head_8 = best_ms(lambda h_in=h_in: cpu_matmul.int8_matmul(h_in, *head_int8))
         head_c = best_ms(lambda h_in=h_in: cpu_matmul.bf16_matmul(h_in, head))
         head_t = best_ms(lambda h_in=h_in: torch.nn.functional.linear(h_in, head))
-        print(f"| {rows} | {c:.1f} | {t:.1f} | {f:.1f} | {head_c:.2f} | {head_t:.2f} |", flush=True)
+        print(f"| {rows} | {c:.1f} | {t:.1f} | {f:.1f} | {head_8:.2f} | {head_c:.2f} | {head_t:.2f} |", flush=True)
 
 
 def main() -> None:

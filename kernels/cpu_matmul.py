@@ -109,7 +109,7 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, params: torch.Tensor,
     status = _INT4_KERNEL()(x.data_ptr(), x.stride(0), x.shape[0], k, packed.data_ptr(), params.data_ptr(),
                        None if bias is None else bias.data_ptr(), n, out.data_ptr(), n)
     if status != 0:
-        raise MemoryError("int4 matmul could not allocate its group sums")
+        raise MemoryError("int4 matmul could not allocate its activation terms")
     return out
 
 
@@ -130,39 +130,43 @@ def bf16_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
 def pack_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """weight [N, K] -> 8-bit codes with one scale per 32 inputs (scale = the group's largest
     magnitude / 127, as GGUF's Q8_0 quantizes; a Q8_0 weight comes back as it was stored):
-    (codes [N/16, K/2, 32] int8, byte j of pair p row j/2 input 2p + j%2; scales [N/16, K/32, 16]
-    int16 holding float16 bits)."""
+    (codes [N/16, K/4, 64] int8, byte 4i + b of quad s row i input 4s + b; params [N/16, K/32, 2,
+    16] int16: each group's 16 scales as float16 bits, then the 16 rows' sums of its codes)."""
     n, k = weight.shape
     if n % TILE or k % GROUP:
         raise ValueError(f"int8 weights pack [N, K] with N a multiple of {TILE} and K of {GROUP}, got {(n, k)}")
     groups = weight.float().view(n, k // GROUP, GROUP)  # [N, K/32, 32]
     scales = (groups.abs().amax(-1) / 127).to(torch.float16)  # [N, K/32]
     divisor = torch.where(scales > 0, scales.float(), torch.ones(()))[..., None]
-    codes = torch.round(groups / divisor).clamp(-127, 127).to(torch.int8).view(n, k)  # [N, K]
-    codes = codes.view(n // TILE, TILE, k // 2, 2).permute(0, 2, 1, 3).reshape(n // TILE, k // 2, 2 * TILE)
-    scales = scales.view(n // TILE, TILE, k // GROUP).permute(0, 2, 1)  # [tiles, groups, 16]
-    return codes.contiguous(), scales.contiguous().view(torch.int16)
+    codes = torch.round(groups / divisor).clamp(-127, 127).to(torch.int8)  # [N, K/32, 32]
+    sums = codes.sum(-1, dtype=torch.int16)  # [N, K/32]: at most 127 * 32 in magnitude
+    params = torch.stack([scales.view(torch.int16), sums]).view(2, n // TILE, TILE, k // GROUP)
+    packed = codes.view(n // TILE, TILE, k // 4, 4).permute(0, 2, 1, 3).reshape(n // TILE, k // 4, 4 * TILE)
+    return packed.contiguous(), params.permute(1, 3, 0, 2).contiguous()  # [tiles, K/4, 64], [tiles, groups, 2, 16]
 
 
-def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def dequantize_int8(codes: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """The packed 8-bit weight as [N, K] float32: code * scale."""
-    tiles, pairs, _ = codes.shape
-    values = codes.view(tiles, pairs, TILE, 2).permute(0, 2, 1, 3).reshape(tiles * TILE, pairs * 2).float()
-    per_row = scales.view(torch.float16).float().permute(0, 2, 1).reshape(tiles * TILE, -1)  # [N, K/32]
-    return values * per_row.repeat_interleave(GROUP, 1)
+    tiles, quads, _ = codes.shape
+    values = codes.view(tiles, quads, TILE, 4).permute(0, 2, 1, 3).reshape(tiles * TILE, quads * 4).float()
+    scales = params[:, :, 0].view(torch.float16).float().permute(0, 2, 1).reshape(tiles * TILE, -1)  # [N, K/32]
+    return values * scales.repeat_interleave(GROUP, 1)
 
 
-def int8_matmul(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
-    """x [T, K] bfloat16 (rows may be strided) @ the packed 8-bit weight [N, K] -> [T, N] bfloat16;
-    None on a CPU without AVX-512 BF16 (use the weight's bfloat16 copy then)."""
-    tiles, pairs, _ = codes.shape
-    n, k = tiles * TILE, pairs * 2
+def int8_matmul(x: torch.Tensor, codes: torch.Tensor, params: torch.Tensor) -> torch.Tensor | None:
+    """x [T, K] bfloat16 (rows may be strided) @ the packed 8-bit weight [N, K] -> [T, N] bfloat16
+    (the activations in the 4-bit matmul's two 8-bit terms); None on a CPU without AVX-512 VNNI and
+    BF16 (use the weight's bfloat16 copy then)."""
+    tiles, quads, _ = codes.shape
+    n, k = tiles * TILE, quads * 4
     if x.dtype != torch.bfloat16 or x.dim() != 2 or x.shape[1] != k or x.stride(1) != 1:
         raise ValueError(f"int8 matmul takes x [T, {k}] bfloat16 with contiguous rows; got x {x.dtype} "
                          f"{tuple(x.shape)} strides {x.stride()}")
     out = torch.empty(x.shape[0], n, dtype=torch.bfloat16)  # [T, N]
-    status = _INT8_KERNEL()(x.data_ptr(), x.stride(0), x.shape[0], k, codes.data_ptr(), scales.data_ptr(), n,
+    status = _INT8_KERNEL()(x.data_ptr(), x.stride(0), x.shape[0], k, codes.data_ptr(), params.data_ptr(), n,
                             out.data_ptr(), n)
+    if status == -2:
+        raise MemoryError("int8 matmul could not allocate its activation terms")
     return out if status == 0 else None
 
 
@@ -172,6 +176,6 @@ _INT4_KERNEL = cpu_build.declared("int4_matmul", _POINTER, _INT64, _INT, _INT, _
                          _INT64)
 # (x, x_stride, rows, K, weight, N, out, out_stride)
 _BF16_KERNEL = cpu_build.declared("bf16_matmul", _POINTER, _INT64, _INT, _INT, _POINTER, _INT, _POINTER, _INT64)
-# (x, x_stride, rows, K, codes, scales, N, out, out_stride)
+# (x, x_stride, rows, K, codes, params, N, out, out_stride)
 _INT8_KERNEL = cpu_build.declared("int8_matmul", _POINTER, _INT64, _INT, _INT, _POINTER, _POINTER, _INT, _POINTER,
                                   _INT64)

@@ -21,7 +21,7 @@ from torch import nn
 from engine.stopwatch import best_of
 from kernels import cpu_matmul
 
-ROW_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32)
+ROW_COUNTS = (1, 2, 4, 8, 12, 16, 24, 32, 64, 128)  # 128: the default max_num_seqs (rows sampled at once)
 
 
 def plain_weight(model: nn.Module) -> torch.Tensor | None:
@@ -60,11 +60,11 @@ def stored_quantized(model: nn.Module, quantized_names: frozenset[str]) -> bool:
 def int8_rows(weight: torch.Tensor, c_head_rows: int, timings: Timings | None = None) -> int:
     """The row count up to which an 8-bit copy of the head (cpu_matmul.pack_int8) beats both other
     kernels at every count (their times from calibrate's `timings` where it took them); 0: never."""
-    codes, scales = cpu_matmul.pack_int8(weight)
-    if cpu_matmul.int8_matmul(torch.zeros(1, weight.shape[1], dtype=weight.dtype), codes, scales) is None:
+    codes, params = cpu_matmul.pack_int8(weight)
+    if cpu_matmul.int8_matmul(torch.zeros(1, weight.shape[1], dtype=weight.dtype), codes, params) is None:
         return 0
     c_kernel = ("c", functools.partial(cpu_matmul.bf16_matmul, weight=weight), c_head_rows)
-    return _rows_won(weight, ("int8", functools.partial(cpu_matmul.int8_matmul, codes=codes, scales=scales)),
+    return _rows_won(weight, ("int8", functools.partial(cpu_matmul.int8_matmul, codes=codes, params=params)),
                      [_torch_linear(weight), c_kernel], {} if timings is None else timings)
 
 

@@ -168,24 +168,27 @@ def test_int8_packing_gives_a_q8_0_weight_back_as_stored():
     generator = torch.Generator().manual_seed(0)
     codes, scales = _q8_0_weight(32, 96, generator)
     weight = codes.float() * scales.float().repeat_interleave(32, 1)  # [32, 96], what the file dequantizes to
-    packed, packed_scales = cpu_matmul.pack_int8(weight)
-    assert packed.shape == (2, 48, 32) and packed_scales.shape == (2, 3, 16)
-    assert torch.equal(cpu_matmul.dequantize_int8(packed, packed_scales), weight)
+    packed, params = cpu_matmul.pack_int8(weight)
+    assert packed.shape == (2, 24, 64) and params.shape == (2, 3, 2, 16)
+    assert torch.equal(cpu_matmul.dequantize_int8(packed, params), weight)
+    assert packed[1, 5, 4 * 3 + 2] == codes[16 + 3, 4 * 5 + 2]  # the layout
+    assert torch.equal(params[:, :, 1].permute(0, 2, 1).reshape(32, 3), codes.view(32, 3, 32).sum(-1).short())
     with pytest.raises(ValueError, match="N a multiple of 16"):
         cpu_matmul.pack_int8(torch.zeros(24, 64))
 
 
-@pytest.mark.skipif(not cpu_matmul.available(), reason="no AVX-512 BF16: the caller keeps the bfloat16 head")
-@pytest.mark.parametrize("rows", [1, 7, 16, 17, 40])
+@pytest.mark.skipif(not cpu_matmul.available(), reason="no AVX-512 VNNI: the caller keeps the bfloat16 head")
+@pytest.mark.parametrize("rows", [1, 7, 8, 17, 40])
 def test_int8_matmul_matches_float64(rows):
     generator = torch.Generator().manual_seed(rows)
     codes, scales = _q8_0_weight(64, 160, generator)
     weight = codes.double() * scales.double().repeat_interleave(32, 1)  # [64, 160]
-    packed, packed_scales = cpu_matmul.pack_int8(weight.float())
+    packed, params = cpu_matmul.pack_int8(weight.float())
     x = torch.randn(rows, 200, generator=generator).bfloat16()[:, :160]  # [rows, 160], rows 200 apart
-    got = cpu_matmul.int8_matmul(x, packed, packed_scales)  # [rows, 64]
+    x[0, :32] = 0  # a group of zeros
+    got = cpu_matmul.int8_matmul(x, packed, params)  # [rows, 64]
     expected = x.double() @ weight.t()
     assert got.shape == (rows, 64) and got.dtype == torch.bfloat16
     assert (got.double() - expected).abs().max() <= 2 ** -8 * expected.abs().max()  # one bfloat16 rounding
     with pytest.raises(ValueError, match=r"x \[T, 160\] bfloat16"):
-        cpu_matmul.int8_matmul(x.float(), packed, packed_scales)
+        cpu_matmul.int8_matmul(x.float(), packed, params)

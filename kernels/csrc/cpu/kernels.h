@@ -17,7 +17,10 @@ int decode_attention(const void* query, int64_t q_row_stride, const int64_t* q_r
 int int4_matmul(const uint16_t* x, int64_t x_stride, int rows, int K, const uint8_t* codes, const uint16_t* params,
                 const uint16_t* bias, int N, uint16_t* out, int64_t out_stride);
 
-int int8_matmul(const uint16_t* x, int64_t x_stride, int rows, int K, const int8_t* codes, const uint16_t* scales,
+void quantize_activations(const uint16_t* x, int64_t x_stride, int rows, int K, int8_t* high, int8_t* low, float* d,
+                          float* sums);
+
+int int8_matmul(const uint16_t* x, int64_t x_stride, int rows, int K, const int8_t* codes, const uint16_t* params,
                 int N, uint16_t* out, int64_t out_stride);
 
 void rms_norm(const void* x, const void* residual_in, const void* weight, void* out, void* residual_out,
