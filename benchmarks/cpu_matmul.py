@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64, 128])
     args = parser.parse_args()
     if not cpu_matmul.available():
-        sys.exit("the C matmuls do not build here with AVX-512 BF16 (kernels/cpu_build.py)")
+        sys.exit("the C matmuls do not build here with AVX-512 VNNI and BF16 (kernels/cpu_build.py)")
     compute_thread.run(run, args.rows)
 
 

@@ -13,7 +13,7 @@ from engine import SamplingParams
 from engine.model import cpu_decode
 from kernels import cpu_matmul
 
-pytestmark = pytest.mark.skipif(not cpu_matmul.available(), reason="no C compiler, or no AVX-512 BF16")
+pytestmark = pytest.mark.skipif(not cpu_matmul.available(), reason="no C compiler, or no AVX-512 VNNI and BF16")
 
 BF16_TIE_MARGIN = 0.25  # as tests/model/test_int4_weights.py: bfloat16 activations flip closer calls
 

@@ -13,7 +13,7 @@ from engine.model.int4_linear import MAX_INT4_TOKENS, Int4Linear, resolve_weight
 from kernels import cpu_matmul
 
 # Forge's C kernel where it builds, and torch's (kernels=ref): each layer test runs on both
-KERNELS = [pytest.param(True, id="c", marks=pytest.mark.skipif(not cpu_matmul.available(), reason="no C compiler, or no AVX-512 BF16")),
+KERNELS = [pytest.param(True, id="c", marks=pytest.mark.skipif(not cpu_matmul.available(), reason="no C compiler, or no AVX-512 VNNI and BF16")),
            pytest.param(False, id="torch")]
 
 
