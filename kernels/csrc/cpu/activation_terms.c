@@ -6,6 +6,7 @@
 // the group's largest input: below the bfloat16 rounding of any product it feeds.
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "bf16.h"
 #include "kernels.h"
@@ -57,15 +58,32 @@ static void quantize_group(const uint16_t* x, int8_t* high, int8_t* low, float* 
 }
 #endif
 
-// x [rows, K] bfloat16 (row stride x_stride), K a multiple of 32 -> high and low [rows][K] int8,
-// d and sums [rows][K/32] float32.
-void quantize_activations(const uint16_t* x, int64_t x_stride, int rows, int K, int8_t* high, int8_t* low, float* d,
-                          float* sums) {
+// x [rows, K] bfloat16 (row stride x_stride), K a multiple of 32, quantized into `terms`: high
+// and low [rows][K] int8, d and sums [rows][K/32] float32, in two buffers the caller frees with
+// free_activation_terms. Returns 0, or -2 when a buffer could not be allocated.
+int quantize_activations(const uint16_t* x, int64_t x_stride, int rows, int K, ActivationTerms* terms) {
     const int groups = K / GROUP;
+    terms->high = malloc(2 * (size_t)rows * K + 1);
+    terms->d = malloc(sizeof(float) * (2 * (size_t)rows * groups + 1));
+    if (!terms->high || !terms->d) {
+        free_activation_terms(terms);
+        return -2;
+    }
+    terms->low = terms->high + (size_t)rows * K;
+    terms->sums = terms->d + (size_t)rows * groups;
 #pragma omp parallel for schedule(static) if (rows > 16)
     for (int r = 0; r < rows; r++)
         for (int g = 0; g < groups; g++) {
             const int64_t at = (int64_t)r * K + g * GROUP, group = (int64_t)r * groups + g;
-            quantize_group(x + r * x_stride + g * GROUP, high + at, low + at, d + group, sums + group);
+            quantize_group(x + r * x_stride + g * GROUP, terms->high + at, terms->low + at, terms->d + group,
+                           terms->sums + group);
         }
+    return 0;
+}
+
+void free_activation_terms(ActivationTerms* terms) {
+    free(terms->high);
+    free(terms->d);
+    terms->high = terms->low = NULL;
+    terms->d = terms->sums = NULL;
 }

@@ -151,27 +151,18 @@ int int4_matmul(const uint16_t* x, int64_t x_stride, int rows, int K, const uint
                 const uint16_t* bias, int N, uint16_t* out, int64_t out_stride) {
     if (K % GROUP || N % TILE || rows < 0) return -1;
     const int tiles = N / TILE, groups = K / GROUP;
-    int8_t* high = malloc(2 * (size_t)rows * K + 1);
-    float* d = malloc(sizeof(float) * (2 * (size_t)rows * groups + 1));
-    if (!high || !d) {
-        free(high);
-        free(d);
-        return -2;
-    }
-    int8_t* low = high + (size_t)rows * K;
-    float* x_sums = d + (size_t)rows * groups;
-    quantize_activations(x, x_stride, rows, K, high, low, d, x_sums);
+    ActivationTerms terms;
+    if (quantize_activations(x, x_stride, rows, K, &terms)) return -2;
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < tiles; t++) {
         const uint8_t* tile_codes = codes + (int64_t)t * TILE * (K / 2);
         const uint16_t* tile_params = params + (int64_t)t * groups * 2 * TILE;
         for (int r = 0; r < rows; r += MAX_CHUNK)
-            chunk(rows - r < MAX_CHUNK ? rows - r : MAX_CHUNK, high + (int64_t)r * K, low + (int64_t)r * K, K, K,
-                  d + (int64_t)r * groups, x_sums + (int64_t)r * groups, tile_codes, tile_params,
+            chunk(rows - r < MAX_CHUNK ? rows - r : MAX_CHUNK, terms.high + (int64_t)r * K, terms.low + (int64_t)r * K,
+                  K, K, terms.d + (int64_t)r * groups, terms.sums + (int64_t)r * groups, tile_codes, tile_params,
                   bias ? bias + t * TILE : NULL, out + r * out_stride + t * TILE, out_stride);
     }
-    free(high);
-    free(d);
+    free_activation_terms(&terms);
     return 0;
 }
 

@@ -17,8 +17,13 @@ int decode_attention(const void* query, int64_t q_row_stride, const int64_t* q_r
 int int4_matmul(const uint16_t* x, int64_t x_stride, int rows, int K, const uint8_t* codes, const uint16_t* params,
                 const uint16_t* bias, int N, uint16_t* out, int64_t out_stride);
 
-void quantize_activations(const uint16_t* x, int64_t x_stride, int rows, int K, int8_t* high, int8_t* low, float* d,
-                          float* sums);
+// Activation rows in two 8-bit terms per group of 32 (activation_terms.c).
+typedef struct {
+    int8_t *high, *low;  // [rows][K]
+    float *d, *sums;     // [rows][K/32]
+} ActivationTerms;
+int quantize_activations(const uint16_t* x, int64_t x_stride, int rows, int K, ActivationTerms* terms);
+void free_activation_terms(ActivationTerms* terms);
 
 int int8_matmul(const uint16_t* x, int64_t x_stride, int rows, int K, const int8_t* codes, const uint16_t* params,
                 int N, uint16_t* out, int64_t out_stride);
